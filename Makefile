@@ -1,0 +1,39 @@
+# fief: build, test, demo and benchmarks. Every target installs what it needs
+# on a Debian machine (apt-get, Go modules) before it runs.
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+# Debian packages the tests and the demo use.
+TEST_PACKAGES  := fuse-zip fuse3 unionfs-fuse busybox-static zip file util-linux procps
+BENCH_PACKAGES := $(TEST_PACKAGES) uwsgi-core uwsgi-plugin-psgi tini gosu bubblewrap
+
+.PHONY: build test test-unit test-integration demo bench deps bench-deps vet clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o fief .
+
+deps:
+	@./tests/install-deps.sh $(TEST_PACKAGES)
+
+bench-deps:
+	@./tests/install-deps.sh $(BENCH_PACKAGES)
+
+vet:
+	$(GO) vet ./...
+
+test: deps build vet
+	$(GO) test -count=1 ./...
+
+test-unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests)
+
+demo: deps build
+	./tests/demo.sh
+
+bench: bench-deps build
+	./bench/run.sh
+
+clean:
+	rm -f fief

@@ -1,0 +1,278 @@
+// Package emperor supervises the vassal files of one directory: it spawns a
+// vassal init in new namespaces for each *.ini file, respawns vassals that
+// die, restarts them when their file changes and stops them when it goes.
+package emperor
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	initd "fief/init"
+	"fief/reaper"
+	"fief/vassal"
+)
+
+// debounce is how long the emperor collects inotify events for a file
+// before acting, so that a write followed by a chmod acts once.
+const debounce = 5 * time.Millisecond
+
+// Options configure an emperor.
+type Options struct {
+	// Dir is the vassal directory.
+	Dir string
+	// UseClone lists the namespaces of every vassal, such as "fs,pid".
+	UseClone string
+	// LogFormat and LogLevel are passed to vassal inits.
+	LogFormat, LogLevel string
+	// Stdout and Stderr are inherited by vassal inits and their programs.
+	Stdout, Stderr *os.File
+}
+
+// Emperor supervises one vassal directory.
+type Emperor struct {
+	opts       Options
+	log        *slog.Logger
+	dir        string
+	cloneFlags uintptr
+	reaper     *reaper.Reaper
+	spawner    *spawner
+
+	// vassals is owned by the loop goroutine.
+	vassals map[string]*supervisor
+	retired chan *supervisor
+	ignored map[string]bool
+}
+
+// Run supervises opts.Dir until ctx ends or SIGTERM or SIGINT arrives, then
+// stops every vassal in parallel and returns.
+func Run(ctx context.Context, log *slog.Logger, opts Options) error {
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return fmt.Errorf("resolving vassal directory %q: %w", opts.Dir, err)
+	}
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("opening vassal directory %q: %w", dir, err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("vassal directory %q is not a directory", dir)
+	}
+
+	flags, err := vassal.ParseCloneFlags(opts.UseClone)
+	if err != nil {
+		return err
+	}
+	if opts.Stdout == nil {
+		opts.Stdout = os.Stdout
+	}
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
+
+	e := &Emperor{
+		opts:       opts,
+		log:        log,
+		dir:        dir,
+		cloneFlags: flags,
+		vassals:    make(map[string]*supervisor),
+		retired:    make(chan *supervisor, 16),
+		ignored:    make(map[string]bool),
+	}
+
+	// Orphans of vassal inits cannot reach the emperor (they stay in the
+	// vassal's pid namespace), but orphans of anything else started by
+	// the emperor's own parent tree can.
+	initd.BecomeSubreaper(log)
+	e.reaper = reaper.New(func(st reaper.Status) {
+		log.Debug("reaped orphan", "orphan_pid", st.Pid, "status", st.String())
+	})
+	e.spawner = newSpawner(e.reaper)
+
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	defer signal.Stop(signals)
+
+	events, closeWatch, err := watchDir(dir)
+	if err != nil {
+		return err
+	}
+	defer closeWatch()
+
+	log.Info("emperor started", "dir", dir, "clone", strings.Join(cloneList(e.cloneFlags), ","), "pid", os.Getpid())
+	e.rescan(false)
+
+	err = e.loop(ctx, events, signals)
+	e.shutdown()
+	return err
+}
+
+func cloneList(flags uintptr) []string {
+	var names []string
+	for _, pair := range []struct {
+		flag uintptr
+		name string
+	}{
+		{unix.CLONE_NEWNS, "fs"}, {unix.CLONE_NEWPID, "pid"}, {unix.CLONE_NEWIPC, "ipc"},
+		{unix.CLONE_NEWUTS, "uts"}, {unix.CLONE_NEWNET, "net"}, {unix.CLONE_NEWCGROUP, "cgroup"},
+	} {
+		if flags&pair.flag != 0 {
+			names = append(names, pair.name)
+		}
+	}
+	return names
+}
+
+func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-chan os.Signal) error {
+	pending := make(map[string]uint32)
+	var flush <-chan time.Time
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+
+		case sig := <-signals:
+			switch sig {
+			case unix.SIGHUP:
+				e.log.Info("SIGHUP: reloading every vassal")
+				for _, s := range e.vassals {
+					s.mail.post(func(m *mailbox) { m.reload = true })
+				}
+			default:
+				e.log.Info("stopping every vassal", "signal", unix.SignalName(sig.(unix.Signal)))
+				return nil
+			}
+
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("the inotify watch on the vassal directory ended")
+			}
+			switch {
+			case ev.overflow:
+				e.log.Warn("inotify queue overflowed; rescanning the vassal directory")
+				e.rescan(false)
+			case ev.gone:
+				e.log.Error("vassal directory was removed or moved; stopping its vassals", "dir", e.dir)
+				return fmt.Errorf("vassal directory %q was removed or moved", e.dir)
+			default:
+				pending[ev.name] |= ev.mask
+				if flush == nil {
+					flush = time.After(debounce)
+				}
+			}
+
+		case <-flush:
+			flush = nil
+			for name := range pending {
+				e.sync(name, true)
+			}
+			clear(pending)
+
+		case s := <-e.retired:
+			if e.vassals[s.name] == s {
+				delete(e.vassals, s.name)
+			}
+			// The file may have come back while the old vassal stopped.
+			e.sync(s.name, false)
+		}
+	}
+}
+
+// rescan syncs every file in the directory and every known vassal.
+func (e *Emperor) rescan(touched bool) {
+	entries, err := os.ReadDir(e.dir)
+	if err != nil {
+		e.log.Error("reading the vassal directory failed", "dir", e.dir, "err", err)
+		return
+	}
+	seen := make(map[string]bool)
+	for _, entry := range entries {
+		seen[entry.Name()] = true
+		e.sync(entry.Name(), touched)
+	}
+	for name := range e.vassals {
+		if !seen[name] {
+			e.sync(name, touched)
+		}
+	}
+}
+
+// sync brings the vassal of one file name in line with the file: it starts,
+// updates, touches or removes it.
+func (e *Emperor) sync(name string, touched bool) {
+	if !strings.HasSuffix(name, ".ini") {
+		if !e.ignored[name] {
+			e.ignored[name] = true
+			e.log.Debug("ignoring a file without the .ini extension", "file", name)
+		}
+		return
+	}
+
+	path := filepath.Join(e.dir, name)
+	snap, exists := e.read(path)
+	s := e.vassals[name]
+
+	switch {
+	case !exists && s != nil:
+		s.mail.post(func(m *mailbox) { m.remove = true })
+	case !exists:
+	case s == nil:
+		s = newSupervisor(e, name, path)
+		e.vassals[name] = s
+		go func() {
+			s.run(snap)
+			e.retired <- s
+		}()
+	default:
+		s.mail.post(func(m *mailbox) {
+			m.update = snap
+			m.touched = m.touched || touched
+		})
+	}
+}
+
+// read reads and parses the vassal file at path. It reports false when the
+// file is gone or is not a regular file.
+func (e *Emperor) read(path string) (*snapshot, bool) {
+	info, err := os.Stat(path)
+	if err != nil || !info.Mode().IsRegular() {
+		return nil, false
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, false
+		}
+		return &snapshot{err: fmt.Errorf("reading vassal file %q: %w", path, err)}, true
+	}
+
+	snap := &snapshot{hash: sha256.Sum256(data)}
+	snap.cfg, snap.err = vassal.Parse(path, data, vassal.ParseOptions{})
+	return snap, true
+}
+
+// shutdown stops every vassal in parallel and waits for all of them.
+func (e *Emperor) shutdown() {
+	var wg sync.WaitGroup
+	for _, s := range e.vassals {
+		s.mail.post(func(m *mailbox) { m.shutdown = true })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-s.done
+		}()
+	}
+	wg.Wait()
+	e.log.Info("emperor stopped", "pid", os.Getpid())
+}

@@ -1,0 +1,296 @@
+package emperor
+
+import (
+	"crypto/sha256"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"fief/reaper"
+	"fief/vassal"
+)
+
+// atexitAllowance is how long the emperor lets a vassal init run its atexit
+// steps after the program's stop-timeout before it sends SIGKILL.
+const atexitAllowance = 15 * time.Second
+
+// Vassal states, as fief status shows them.
+const (
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StateBackoff  = "backoff"
+	StateBroken   = "broken"
+	StateStopping = "stopping"
+)
+
+// snapshot is one version of a vassal file as the emperor read it.
+type snapshot struct {
+	hash [sha256.Size]byte
+	cfg  *vassal.Config // nil when err is set
+	err  error          // why the file is invalid
+}
+
+// mailbox passes requests from the emperor's loop to a supervisor without
+// ever blocking the loop: each kind of request keeps only its latest value.
+type mailbox struct {
+	mu       sync.Mutex
+	update   *snapshot
+	touched  bool
+	reload   bool
+	remove   bool
+	shutdown bool
+	notify   chan struct{}
+}
+
+func (m *mailbox) post(fn func(*mailbox)) {
+	m.mu.Lock()
+	fn(m)
+	m.mu.Unlock()
+	select {
+	case m.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take returns and clears every pending request.
+func (m *mailbox) take() mailbox {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	pending := mailbox{update: m.update, touched: m.touched, reload: m.reload, remove: m.remove, shutdown: m.shutdown}
+	m.update, m.touched, m.reload, m.remove, m.shutdown = nil, false, false, false, false
+	return pending
+}
+
+// supervisor runs one vassal: it spawns its init, respawns it with backoff,
+// restarts it when its file changes and stops it when the file goes away.
+// Everything but the mailbox is owned by the supervisor's goroutine.
+type supervisor struct {
+	name string
+	path string
+	e    *Emperor
+	log  *slog.Logger
+
+	mail mailbox
+	done chan struct{}
+
+	snap     *snapshot
+	child    *reaper.Child
+	started  time.Time
+	deaths   int // unrequested quick deaths in a row
+	restarts int
+	state    string
+}
+
+func newSupervisor(e *Emperor, name, path string) *supervisor {
+	return &supervisor{
+		name: name,
+		path: path,
+		e:    e,
+		log:  e.log.With(slog.String("vassal", name)),
+		mail: mailbox{notify: make(chan struct{}, 1)},
+		done: make(chan struct{}),
+	}
+}
+
+func (s *supervisor) pid() int {
+	if s.child == nil {
+		return 0
+	}
+	return s.child.Pid
+}
+
+// run is the supervisor's goroutine. It returns after a removal or a
+// shutdown, once the vassal init has exited.
+func (s *supervisor) run(first *snapshot) {
+	defer close(s.done)
+
+	s.snap = first
+	s.start()
+
+	var backoff *time.Timer
+	var backoffC <-chan time.Time
+	stopBackoff := func() {
+		if backoff != nil {
+			backoff.Stop()
+			backoff, backoffC = nil, nil
+		}
+	}
+
+	for {
+		var childDone <-chan reaper.Status
+		if s.child != nil {
+			childDone = s.child.Done
+		}
+
+		select {
+		case <-s.mail.notify:
+			req := s.mail.take()
+			if req.remove || req.shutdown {
+				stopBackoff()
+				s.stop(req.remove)
+				return
+			}
+			if req.update != nil && req.update.hash != s.snap.hash {
+				stopBackoff()
+				s.snap = req.update
+				s.log.Info("vassal file changed; restarting with fresh namespaces", "pid", s.pid())
+				if s.child != nil {
+					s.stopChild()
+				}
+				s.deaths = 0
+				s.start()
+				continue
+			}
+			if req.touched || req.reload {
+				if s.child != nil {
+					s.reloadChild()
+				} else {
+					// A touch retries a broken or backing-off vassal
+					// at once.
+					stopBackoff()
+					s.deaths = 0
+					s.start()
+				}
+			}
+
+		case st := <-childDone:
+			s.child = nil
+			if delay, respawn := s.exited(st); respawn {
+				if delay == 0 {
+					s.start()
+				} else {
+					s.state = StateBackoff
+					backoff = time.NewTimer(delay)
+					backoffC = backoff.C
+				}
+			}
+
+		case <-backoffC:
+			backoff, backoffC = nil, nil
+			s.start()
+		}
+	}
+}
+
+// start spawns the vassal init for the current snapshot, or marks the vassal
+// broken when its file is invalid.
+func (s *supervisor) start() {
+	if s.snap.err != nil {
+		s.state = StateBroken
+		s.log.Error("vassal file is invalid; fix it and save it to retry", "pid", 0, "err", s.snap.err)
+		return
+	}
+
+	flags := s.e.cloneFlags
+	for _, name := range s.snap.cfg.Unshare {
+		flag, err := vassal.ParseCloneFlags(name)
+		if err == nil {
+			flags |= flag
+		}
+	}
+
+	cmd, err := vassal.InitCommand(s.path, vassal.SpawnOptions{
+		CloneFlags: flags,
+		LogFormat:  s.e.opts.LogFormat,
+		LogLevel:   s.e.opts.LogLevel,
+		Stdout:     s.e.opts.Stdout,
+		Stderr:     s.e.opts.Stderr,
+	})
+	if err == nil {
+		s.child, err = s.e.spawner.start(cmd)
+	}
+	if err != nil {
+		s.log.Error("spawning the vassal init failed", "pid", 0, "err", err)
+		// Treated as a quick death, so a persistent failure backs off.
+		s.child = nil
+		s.deaths++
+		s.state = StateBackoff
+		delay := Backoff(s.deaths + 1)
+		time.AfterFunc(delay, func() { s.mail.post(func(m *mailbox) { m.touched = true }) })
+		return
+	}
+
+	s.started = time.Now()
+	s.state = StateRunning
+	s.log.Info("vassal started", "pid", s.child.Pid, "restarts", s.restarts)
+}
+
+// exited logs how the vassal init ended and returns whether and after how
+// long to respawn it.
+func (s *supervisor) exited(st reaper.Status) (time.Duration, bool) {
+	ran := time.Since(s.started)
+	if st.Wait.Exited() && st.Wait.ExitStatus() == vassal.ExitConfig {
+		s.state = StateBroken
+		s.log.Error("vassal stopped on a configuration error; fix the file and save it to retry",
+			"pid", st.Pid, "status", st.String(), "ran", ran.Round(time.Millisecond))
+		return 0, false
+	}
+
+	if ran >= QuickDeath {
+		s.deaths = 1
+	} else {
+		s.deaths++
+	}
+	delay := Backoff(s.deaths)
+	s.restarts++
+	s.log.Warn("vassal died; respawning", "pid", st.Pid, "status", st.String(),
+		"ran", ran.Round(time.Millisecond), "deaths_in_a_row", s.deaths, "delay", delay)
+	return delay, true
+}
+
+// stop stops the running vassal, if any, for good.
+func (s *supervisor) stop(removed bool) {
+	if s.child == nil {
+		if removed {
+			s.log.Info("vassal file removed", "pid", 0)
+		}
+		return
+	}
+	if removed {
+		s.log.Info("vassal file removed; stopping", "pid", s.child.Pid)
+	}
+	s.stopChild()
+}
+
+// stopChild asks the vassal init to stop with SIGTERM. The init stops the
+// program within its stop-timeout and runs the atexit steps; if it is still
+// there after that and atexitAllowance, it gets SIGKILL.
+func (s *supervisor) stopChild() {
+	child := s.child
+	s.state = StateStopping
+	begin := time.Now()
+
+	if err := child.Signal(unix.SIGTERM); err != nil {
+		s.log.Warn("sending SIGTERM to the vassal init failed", "pid", child.Pid, "err", err)
+	}
+
+	grace := vassal.DefaultStopTimeout
+	if s.snap.cfg != nil {
+		grace = s.snap.cfg.StopTimeout
+	}
+	timer := time.NewTimer(grace + atexitAllowance)
+	defer timer.Stop()
+
+	var st reaper.Status
+	select {
+	case st = <-child.Done:
+	case <-timer.C:
+		s.log.Warn("vassal init did not stop in time; sending SIGKILL", "pid", child.Pid, "waited", time.Since(begin).Round(time.Millisecond))
+		_ = child.Signal(unix.SIGKILL)
+		st = <-child.Done
+	}
+
+	s.child = nil
+	s.log.Info("vassal stopped", "pid", child.Pid, "status", st.String(), "took", time.Since(begin).Round(time.Millisecond))
+}
+
+// reloadChild asks the vassal init to restart its program inside the
+// existing namespaces.
+func (s *supervisor) reloadChild() {
+	s.log.Info("reloading vassal", "pid", s.child.Pid)
+	if err := s.child.Signal(unix.SIGHUP); err != nil {
+		s.log.Warn("sending SIGHUP to the vassal init failed", "pid", s.child.Pid, "err", err)
+	}
+}

@@ -1,0 +1,126 @@
+// Package fusectl starts and watches FUSE filesystems for a vassal: it waits
+// for a daemon's mount to appear, probes mounts without ever blocking the
+// caller, aborts hung connections through /sys/fs/fuse/connections, and gives
+// a vassal's user access to /dev/fuse inside the vassal's mount namespace.
+package fusectl
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// MountWatcher reports every change of a mount namespace's mount table.
+//
+// /proc/PID/mountinfo signals POLLPRI|POLLERR after each mount and unmount in
+// that namespace. The watcher polls it on its own goroutine, so the blocking
+// poll(2) ties up one OS thread and never the caller. Reading mountinfo never
+// asks a FUSE daemon anything, so a hung daemon cannot stall it.
+type MountWatcher struct {
+	mu          sync.Mutex
+	subscribers map[chan struct{}]struct{}
+
+	file      *os.File
+	stopRead  *os.File
+	stopWrite *os.File
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+// WatchMounts starts watching the mount table file, usually an open
+// /proc/self/mountinfo. The watcher owns file and closes it.
+func WatchMounts(file *os.File) (*MountWatcher, error) {
+
+	// The pipe wakes the poll when the watcher is closed.
+	stopRead, stopWrite, err := os.Pipe()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("creating the stop pipe of the mount watcher: %w", err)
+	}
+
+	w := &MountWatcher{
+		subscribers: make(map[chan struct{}]struct{}),
+		file:        file,
+		stopRead:    stopRead,
+		stopWrite:   stopWrite,
+		done:        make(chan struct{}),
+	}
+	go w.loop()
+	return w, nil
+}
+
+func (w *MountWatcher) loop() {
+	defer close(w.done)
+
+	// The file must be read once before poll reports changes: the kernel
+	// compares the namespace's event counter with the one seen at the last
+	// read.
+	buf := make([]byte, 64*1024)
+	drain := func() {
+		_, _ = w.file.Seek(0, 0)
+		for {
+			n, err := w.file.Read(buf)
+			if n == 0 || err != nil {
+				return
+			}
+		}
+	}
+	drain()
+
+	fds := []unix.PollFd{
+		{Fd: int32(w.file.Fd()), Events: unix.POLLPRI},
+		{Fd: int32(w.stopRead.Fd()), Events: unix.POLLIN},
+	}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || fds[1].Revents != 0 {
+			return
+		}
+		if fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
+			drain()
+			w.broadcast()
+		}
+	}
+}
+
+// Subscribe returns a channel that receives a value after one or more
+// changes; changes that happen while a value is pending are merged into it.
+// Call the returned function to unsubscribe.
+func (w *MountWatcher) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	w.mu.Lock()
+	w.subscribers[ch] = struct{}{}
+	w.mu.Unlock()
+	return ch, func() {
+		w.mu.Lock()
+		delete(w.subscribers, ch)
+		w.mu.Unlock()
+	}
+}
+
+func (w *MountWatcher) broadcast() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for ch := range w.subscribers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Close stops the watcher and waits for its goroutine to end.
+func (w *MountWatcher) Close() {
+	w.closeOnce.Do(func() {
+		w.stopWrite.Close()
+		<-w.done
+		w.stopRead.Close()
+		w.file.Close()
+	})
+}

@@ -1,0 +1,248 @@
+// Command fief is a pid-1 emperor of vassals: it runs each service in its own
+// mount and pid namespaces with the FUSE filesystems it needs, watches those
+// mounts, and restarts the service from a clean state when one fails.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+
+	"fief/emperor"
+	"fief/vassal"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes of fief's own commands.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func main() {
+	// A vassal init is this binary re-executed in new namespaces; it must
+	// take over before anything else runs.
+	if len(os.Args) > 0 && os.Args[0] == vassal.InitArg0 {
+		os.Exit(vassal.InitMain(os.Args[1:]))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// command is one fief subcommand.
+type command struct {
+	name    string
+	usage   string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"emperor", "emperor [flags] DIR | emperor --ini FILE", "supervise every vassal file (*.ini) in DIR", runEmperor},
+		{"vassal", "vassal [flags] FILE", "run one vassal in the foreground, in its own namespaces", runVassal},
+		{"check", "check FILE|DIR...", "validate vassal files and print the planned setup; exit 1 on error", runCheck},
+		{"version", "version", "print fief's version and the Go version it was built with", runVersion},
+		{"help", "help [COMMAND]", "describe fief or one command and its flags", runHelp},
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		printUsage(stderr)
+		return exitUsage
+	}
+	name := args[0]
+	if name == "-h" || name == "--help" || name == "-help" {
+		printUsage(stdout)
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name == name {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "fief: unknown command %q; run 'fief help' for the list of commands\n", name)
+	return exitUsage
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintf(w, "fief %s: an emperor of vassals, each in its own mount and pid namespaces\n\nUsage:\n", version)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  fief %-38s %s\n", c.usage, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun 'fief help COMMAND' or 'fief COMMAND --help' for the flags of a command.\n")
+}
+
+// newFlagSet returns a flag set whose --help output names the command.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("fief "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	for _, c := range commands() {
+		if c.name == name {
+			fs.Usage = func() {
+				fmt.Fprintf(fs.Output(), "Usage: fief %s\n\n%s.\n\nFlags:\n", c.usage, capitalize(c.summary))
+				fs.PrintDefaults()
+			}
+		}
+	}
+	return fs
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// parseFlags parses args and returns the exit code to stop with, or -1 to go
+// on.
+func parseFlags(fs *flag.FlagSet, args []string) int {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case err != nil:
+		return exitUsage
+	}
+	return -1
+}
+
+type logFlags struct {
+	format, level string
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.format, "log-format", "text", "log line format: text or json")
+	fs.StringVar(&l.level, "log-level", "info", "lowest level logged: debug, info, warn or error")
+}
+
+func (l *logFlags) validate(stderr io.Writer) bool {
+	if l.format != "text" && l.format != "json" {
+		fmt.Fprintf(stderr, "fief: invalid --log-format %q: use text or json\n", l.format)
+		return false
+	}
+	switch l.level {
+	case "debug", "info", "warn", "error":
+		return true
+	}
+	fmt.Fprintf(stderr, "fief: invalid --log-level %q: use debug, info, warn or error\n", l.level)
+	return false
+}
+
+func runEmperor(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("emperor", stderr)
+	var logs logFlags
+	logs.register(fs)
+	ini := fs.String("ini", "", "read the vassal directory and settings from this uWSGI-style ini `file` (keys: emperor, emperor-use-clone)")
+	useClone := fs.String("use-clone", "fs,pid", "comma-separated `namespaces` every vassal gets: fs, pid, ipc, uts, net, cgroup (fs and pid are always on)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if !logs.validate(stderr) {
+		return exitUsage
+	}
+
+	opts := emperor.Options{UseClone: *useClone, LogFormat: logs.format, LogLevel: logs.level}
+	switch {
+	case *ini != "" && fs.NArg() == 0:
+		settings, err := emperor.LoadIni(*ini)
+		if err != nil {
+			fmt.Fprintf(stderr, "fief: %v\n", err)
+			return exitUsage
+		}
+		opts.Dir = settings.Dir
+		if settings.UseClone != "" {
+			opts.UseClone = settings.UseClone
+		}
+	case *ini == "" && fs.NArg() == 1:
+		opts.Dir = fs.Arg(0)
+	default:
+		fmt.Fprintf(stderr, "fief emperor: give either a vassal directory or --ini FILE\n")
+		fs.Usage()
+		return exitUsage
+	}
+
+	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
+	if err := emperor.Run(context.Background(), log, opts); err != nil {
+		log.Error("emperor failed", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func runVassal(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("vassal", stderr)
+	var logs logFlags
+	logs.register(fs)
+	useClone := fs.String("use-clone", "fs,pid", "comma-separated `namespaces` the vassal gets: fs, pid, ipc, uts, net, cgroup (fs and pid are always on)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if !logs.validate(stderr) {
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintf(stderr, "fief vassal: give exactly one vassal file\n")
+		fs.Usage()
+		return exitUsage
+	}
+
+	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
+	return vassal.RunForeground(log, fs.Arg(0), vassal.ForegroundOptions{
+		UseClone:  *useClone,
+		LogFormat: logs.format,
+		LogLevel:  logs.level,
+	})
+}
+
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("check", stderr)
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintf(stderr, "fief check: give at least one vassal file or directory\n")
+		fs.Usage()
+		return exitUsage
+	}
+	if !vassal.CheckFiles(fs.Args(), stdout, stderr) {
+		return exitFailure
+	}
+	return exitOK
+}
+
+func runVersion(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("version", stderr)
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	fmt.Fprintf(stdout, "fief %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return exitOK
+}
+
+func runHelp(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		printUsage(stdout)
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			if c.name == "help" {
+				printUsage(stdout)
+				return exitOK
+			}
+			return c.run([]string{"--help"}, stdout, stdout)
+		}
+	}
+	fmt.Fprintf(stderr, "fief help: unknown command %q; run 'fief help' for the list of commands\n", args[0])
+	return exitUsage
+}

@@ -1,0 +1,192 @@
+// Package reaper is the only code in fief that waits for child processes.
+//
+// One goroutine drains wait4(-1, WNOHANG) every time SIGCHLD arrives and
+// hands each status to whoever started that pid through [Reaper.Start]. A
+// status for a pid nobody registered is an orphan that was re-parented to this
+// process (fief is pid 1 or a child subreaper); it is reaped and reported
+// through the function given to [New].
+//
+// Nothing else may call exec.Cmd.Wait, exec.Cmd.Run, os.Process.Wait or
+// wait4: since Go 1.23 os.Process.Wait uses waitid(P_PIDFD), and a wait4(-1)
+// running at the same time steals the status and leaves Wait with ECHILD.
+package reaper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Status is how a child ended.
+type Status struct {
+	Pid    int
+	Wait   unix.WaitStatus
+	Rusage unix.Rusage
+}
+
+// ExitCode returns the exit code a shell would report: the code for a normal
+// exit and 128+N for death by signal N.
+func (s Status) ExitCode() int {
+	if s.Wait.Signaled() {
+		return 128 + int(s.Wait.Signal())
+	}
+	return s.Wait.ExitStatus()
+}
+
+// Success reports whether the child exited with code 0.
+func (s Status) Success() bool {
+	return s.Wait.Exited() && s.Wait.ExitStatus() == 0
+}
+
+// String describes the status as "exit status N" or "killed by signal NAME".
+func (s Status) String() string {
+	switch {
+	case s.Wait.Exited():
+		return fmt.Sprintf("exit status %d", s.Wait.ExitStatus())
+	case s.Wait.Signaled():
+		text := fmt.Sprintf("killed by signal %s", unix.SignalName(s.Wait.Signal()))
+		if s.Wait.CoreDump() {
+			text += " (core dumped)"
+		}
+		return text
+	default:
+		return fmt.Sprintf("wait status %#x", uint32(s.Wait))
+	}
+}
+
+// Child is a process started through [Reaper.Start].
+type Child struct {
+	Pid int
+	// Done receives the child's status exactly once, then is never closed.
+	Done <-chan Status
+
+	process *os.Process
+}
+
+// Signal sends sig to the child. It goes through the child's pidfd, so it can
+// never reach another process that reused the pid.
+func (c *Child) Signal(sig os.Signal) error {
+	err := c.process.Signal(sig)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+// Reaper owns every wait for the children of this process.
+type Reaper struct {
+	// mu is held across fork and registration, so a child that exits at once
+	// is registered before the reaping goroutine looks its pid up.
+	mu      sync.Mutex
+	waiters map[int]*waiter
+
+	orphan func(Status)
+	wake   chan os.Signal
+}
+
+type waiter struct {
+	done    chan Status
+	process *os.Process
+}
+
+// New starts the reaping goroutine. onOrphan, which may be nil, is called on
+// that goroutine for every reaped process that was not started through
+// [Reaper.Start]; it must not block.
+func New(onOrphan func(Status)) *Reaper {
+	r := &Reaper{
+		waiters: make(map[int]*waiter),
+		orphan:  onOrphan,
+		// SIGCHLD does not queue, so one buffered slot is enough: every wake
+		// drains all pending children.
+		wake: make(chan os.Signal, 1),
+	}
+	signal.Notify(r.wake, unix.SIGCHLD)
+	go r.loop()
+	return r
+}
+
+// Start starts cmd and registers it. cmd's stdin, stdout and stderr must be
+// nil or *os.File: other readers and writers are copied by goroutines that
+// only exec.Cmd.Wait stops, and Wait is never called here.
+func (r *Reaper) Start(cmd *exec.Cmd) (*Child, error) {
+	for _, stream := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
+		if stream == nil {
+			continue
+		}
+		if _, ok := stream.(*os.File); !ok {
+			return nil, fmt.Errorf("starting %q: stdio must be *os.File, got %T", cmd.Path, stream)
+		}
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+
+	w := &waiter{done: make(chan Status, 1), process: cmd.Process}
+	r.waiters[cmd.Process.Pid] = w
+	return &Child{Pid: cmd.Process.Pid, Done: w.done, process: cmd.Process}, nil
+}
+
+// Reap collects every child that has exited so far. The reaping goroutine
+// calls it on each SIGCHLD; callers may call it too, as a sweep.
+func (r *Reaper) Reap() {
+	for {
+		var status Status
+		pid, err := unix.Wait4(-1, &status.Wait, unix.WNOHANG, &status.Rusage)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			// ECHILD: no children at all; 0: children, none exited yet.
+			return
+		}
+		status.Pid = pid
+		r.dispatch(status)
+	}
+}
+
+func (r *Reaper) dispatch(status Status) {
+	r.mu.Lock()
+	w, ok := r.waiters[status.Pid]
+	delete(r.waiters, status.Pid)
+	r.mu.Unlock()
+
+	if !ok {
+		if r.orphan != nil {
+			r.orphan(status)
+		}
+		return
+	}
+
+	w.done <- status
+	// Release closes the pidfd os.StartProcess kept; the process is gone.
+	_ = w.process.Release()
+}
+
+func (r *Reaper) loop() {
+	for range r.wake {
+		r.Reap()
+	}
+}
+
+// Pending returns how many started children have not been reaped yet.
+func (r *Reaper) Pending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.waiters)
+}
+
+// IsExecNotFound reports whether err from [Reaper.Start] means the program
+// does not exist, as opposed to existing without being executable.
+func IsExecNotFound(err error) bool {
+	return errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT)
+}

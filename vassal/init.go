@@ -1,0 +1,368 @@
+package vassal
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"fief/fusectl"
+	"fief/mount"
+	"fief/reaper"
+)
+
+// RuntimeDir is where a vassal init mounts its private tmpfs. The directory
+// is created on the host once and stays empty there; each vassal sees its own
+// tmpfs on it.
+const RuntimeDir = "/run/fief/vassal"
+
+// InitMain is the entry point of a vassal init, the process the emperor
+// starts in new namespaces. It returns the process exit code.
+func InitMain(args []string) int {
+	fs := flag.NewFlagSet(InitArg0, flag.ContinueOnError)
+	file := fs.String("file", "", "absolute path of the vassal file")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return ExitConfig
+	}
+
+	// The vassal's pid as the emperor sees it. /proc still belongs to the
+	// parent pid namespace here, so /proc/self names that pid.
+	hostPid := os.Getpid()
+	if link, err := os.Readlink("/proc/self"); err == nil {
+		if pid, err := strconv.Atoi(link); err == nil {
+			hostPid = pid
+		}
+	}
+
+	logger := NewLogger(os.Stderr, *logFormat, *logLevel).With(
+		slog.String("vassal", filepath.Base(*file)),
+		slog.Int("pid", hostPid),
+	)
+
+	v := &vassalInit{
+		file:     *file,
+		log:      logger,
+		signals:  make(chan os.Signal, 8),
+		reloads:  make(chan struct{}, 1),
+		forwards: make(chan os.Signal, 8),
+		triggers: make(chan struct{}, 1),
+	}
+	return v.run()
+}
+
+// NewLogger returns the slog logger fief uses everywhere: text or JSON lines
+// on w.
+func NewLogger(w io.Writer, format, level string) *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// vassalInit is pid 1 of a vassal's pid namespace.
+type vassalInit struct {
+	file string
+	log  *slog.Logger
+
+	cfg     *Config
+	creds   *Credentials // nil when the vassal runs as root
+	reaper  *reaper.Reaper
+	watcher *fusectl.MountWatcher
+
+	// procDir is the vassal's own /proc, opened before any pivot_root so
+	// the mount table stays readable after the old root is detached.
+	procDir *os.File
+	// control is the FUSE control filesystem, nil when it could not be
+	// opened; hung connections cannot be aborted then.
+	control *fusectl.Control
+
+	// signals receives the signals the init acts on; dispatchSignals turns
+	// them into a cancelled ctx (stop), reloads and forwards. triggers asks
+	// the mount checks to run now (a process was reaped or the mount table
+	// changed).
+	signals  chan os.Signal
+	reloads  chan struct{}
+	forwards chan os.Signal
+	triggers chan struct{}
+
+	// ctx ends when the vassal is asked to stop; start-up steps give up
+	// then.
+	ctx  context.Context
+	stop context.CancelFunc
+
+	// stepsDone counts start-up steps that succeeded; the atexit phases
+	// run only when there is something to undo.
+	stepsDone int
+
+	runtimeMounted bool
+}
+
+// run performs the set-up sequence, supervises the program and tears down.
+func (v *vassalInit) run() int {
+	// Notify, never Ignore: ignored signals stay ignored in every child,
+	// and without a handler the Go runtime turns SIGTERM into exit 2.
+	signal.Notify(v.signals, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGHUP,
+		unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH)
+
+	v.ctx, v.stop = context.WithCancel(context.Background())
+	defer v.stop()
+	go v.dispatchSignals()
+
+	v.reaper = reaper.New(v.onOrphan)
+
+	if err := v.prepareNamespace(); err != nil {
+		v.log.Error("preparing the vassal's namespaces failed", "err", err)
+		return ExitFailed
+	}
+
+	cfg, err := ParseFile(v.file, ParseOptions{})
+	if err != nil {
+		v.log.Error("invalid vassal file; fix it and save it to retry", "err", err)
+		return ExitConfig
+	}
+	v.cfg = cfg
+
+	return v.supervise()
+}
+
+// dispatchSignals cancels ctx on SIGTERM, SIGINT or SIGQUIT, so start-up
+// steps give up and the running program is stopped; SIGHUP asks for a
+// reload; the other signals are forwarded to the program.
+func (v *vassalInit) dispatchSignals() {
+	for sig := range v.signals {
+		switch sig {
+		case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
+			v.log.Info("stop requested", "signal", unix.SignalName(sig.(unix.Signal)))
+			v.stop()
+		case unix.SIGHUP:
+			select {
+			case v.reloads <- struct{}{}:
+			default:
+			}
+		default:
+			select {
+			case v.forwards <- sig:
+			default:
+				v.log.Warn("dropped a signal for the program: too many pending", "signal", sig.String())
+			}
+		}
+	}
+}
+
+// prepareNamespace isolates the new mount namespace before any mount and
+// sets up what every vassal needs.
+func (v *vassalInit) prepareNamespace() error {
+	// First mount call of the vassal: with "/" shared on the host, any
+	// mount made before this would propagate back and outlive the vassal.
+	if err := mount.MakeTreeSlave(); err != nil {
+		return fmt.Errorf("making / a slave mount so nothing leaks to the host: %w", err)
+	}
+
+	// A fresh /proc for the new pid namespace: ps shows the vassal's own
+	// processes, and /proc/self/mountinfo is this namespace's mount table.
+	if err := mount.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mounting /proc for the vassal's pid namespace: %w", err)
+	}
+
+	procDir, err := os.Open("/proc")
+	if err != nil {
+		return fmt.Errorf("opening the vassal's /proc: %w", err)
+	}
+	v.procDir = procDir
+
+	mountinfo, err := v.openMountinfo()
+	if err != nil {
+		return err
+	}
+	watcher, err := fusectl.WatchMounts(mountinfo)
+	if err != nil {
+		return err
+	}
+	v.watcher = watcher
+	go v.forwardMountChanges()
+
+	control, err := fusectl.OpenControl(v.readMounts)
+	if err != nil {
+		v.log.Warn("hung FUSE daemons cannot be aborted in this vassal", "err", err)
+	}
+	v.control = control
+	return nil
+}
+
+// openMountinfo opens the vassal's mount table through its /proc directory
+// descriptor.
+func (v *vassalInit) openMountinfo() (*os.File, error) {
+	fd, err := unix.Openat(int(v.procDir.Fd()), "self/mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening the vassal's mount table: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "/proc/self/mountinfo"), nil
+}
+
+// readMounts reads the vassal's mount table. It never touches a FUSE
+// filesystem, so it cannot block on a hung daemon.
+func (v *vassalInit) readMounts() ([]mount.Info, error) {
+	file, err := v.openMountinfo()
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	return mount.ParseMountinfo(file)
+}
+
+func (v *vassalInit) forwardMountChanges() {
+	changes, _ := v.watcher.Subscribe()
+	for range changes {
+		v.trigger()
+	}
+}
+
+// trigger asks the mount checks to run now, without blocking.
+func (v *vassalInit) trigger() {
+	select {
+	case v.triggers <- struct{}{}:
+	default:
+	}
+}
+
+// onOrphan runs on the reaper's goroutine for every reaped process the init
+// did not start itself, such as a daemonized FUSE daemon.
+func (v *vassalInit) onOrphan(st reaper.Status) {
+	v.log.Debug("reaped orphan", "orphan_pid", st.Pid, "status", st.String())
+	v.trigger()
+}
+
+// supervise runs the start-up phases and the program, then keeps the vassal
+// running until it is stopped or fails.
+func (v *vassalInit) supervise() int {
+	if err := v.startUp(); err != nil {
+		return v.abortStart(err)
+	}
+
+	checks, err := v.startChecks()
+	if err != nil {
+		return v.abortStart(err)
+	}
+	defer checks.close()
+
+	for {
+		program, err := v.startProgram()
+		if err != nil {
+			return v.abortStart(err)
+		}
+
+		outcome := v.loop(program, checks)
+		if outcome.reload {
+			if err := v.reload(); err != nil {
+				return v.abortStart(err)
+			}
+			continue
+		}
+		return v.tearDown(outcome.code)
+	}
+}
+
+// abortStart stops a start that failed: it logs the cause, runs the atexit
+// phases for what was already done, and exits with the code for the error.
+func (v *vassalInit) abortStart(err error) int {
+	code := ExitFailed
+	var cfgErr *ConfigError
+	if errors.As(err, &cfgErr) {
+		code = ExitConfig
+	}
+	if errors.Is(err, context.Canceled) {
+		v.log.Info("stopped during start-up")
+		code = ExitStopped
+	} else {
+		v.log.Error("vassal start failed", "err", err)
+	}
+	v.runAtexit()
+	return code
+}
+
+type loopOutcome struct {
+	code   int
+	reload bool
+}
+
+// loop supervises the running program. It returns when the program exits,
+// a mount check fails, or a signal asks for a stop or a reload. It never
+// touches a FUSE path itself: probes run on their own threads.
+func (v *vassalInit) loop(program *reaper.Child, checks *mountChecks) loopOutcome {
+	for {
+		select {
+		case st := <-program.Done:
+			v.log.Error("program exited unexpectedly", "program_pid", st.Pid, "status", st.String())
+			return loopOutcome{code: ExitFailed}
+
+		case failure := <-checks.failures:
+			v.log.Error("mount check failed; tearing the vassal down", "err", failure)
+			v.stopProgram(program, v.cfg.StopTimeout)
+			return loopOutcome{code: ExitFailed}
+
+		case <-v.ctx.Done():
+			v.stopProgram(program, v.cfg.StopTimeout)
+			return loopOutcome{code: ExitStopped}
+
+		case <-v.reloads:
+			v.log.Info("reloading: restarting the program inside the existing namespaces")
+			v.stopProgram(program, v.cfg.StopTimeout)
+			return loopOutcome{reload: true}
+
+		case sig := <-v.forwards:
+			if err := program.Signal(sig); err != nil {
+				v.log.Warn("forwarding a signal to the program failed", "program_pid", program.Pid, "signal", sig.String(), "err", err)
+			}
+		}
+	}
+}
+
+// stopProgram sends SIGTERM, waits up to grace, then sends SIGKILL and waits
+// for the program to be reaped.
+func (v *vassalInit) stopProgram(program *reaper.Child, grace time.Duration) {
+	start := time.Now()
+	if err := program.Signal(unix.SIGTERM); err != nil {
+		v.log.Warn("sending SIGTERM to the program failed", "program_pid", program.Pid, "err", err)
+	}
+
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case st := <-program.Done:
+		v.log.Info("program stopped", "program_pid", program.Pid, "status", st.String(), "after", time.Since(start).Round(time.Millisecond))
+		return
+	case <-timer.C:
+	}
+
+	v.log.Warn("program ignored SIGTERM; sending SIGKILL", "program_pid", program.Pid, "grace", grace)
+	if err := program.Signal(unix.SIGKILL); err != nil {
+		v.log.Warn("sending SIGKILL to the program failed", "program_pid", program.Pid, "err", err)
+	}
+	st := <-program.Done
+	v.log.Info("program killed", "program_pid", program.Pid, "status", st.String())
+}
+
+// tearDown runs the atexit phases and returns the init's exit code. The
+// kernel then kills every process left in the pid namespace and removes the
+// mount namespace with all its mounts.
+func (v *vassalInit) tearDown(code int) int {
+	v.runAtexit()
+	v.log.Debug("vassal init exiting", "code", code)
+	return code
+}

@@ -1,0 +1,413 @@
+package vassal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"fief/fusectl"
+	"fief/mount"
+	"fief/reaper"
+)
+
+// defaultPath is used to find programs when the environment has no PATH.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// StepError is a start-up step that failed, with the file and line it comes
+// from.
+type StepError struct {
+	File  string
+	Line  int
+	Phase Phase
+	Text  string // the command or hook as written, after expansion
+	Err   error
+}
+
+func (e *StepError) Error() string {
+	return fmt.Sprintf("%s:%d: %s step %q failed: %v", e.File, e.Line, e.Phase, e.Text, e.Err)
+}
+
+func (e *StepError) Unwrap() error { return e.Err }
+
+// startUp runs the phases of a fresh start, up to the program.
+func (v *vassalInit) startUp() error {
+	if err := v.runPhase(PhasePreJail, nil); err != nil {
+		return err
+	}
+
+	if v.cfg.PivotRoot != nil {
+		if err := v.pivotRoot(); err != nil {
+			return err
+		}
+	}
+
+	return v.enterUserPhases()
+}
+
+// enterUserPhases runs as-root, resolves the user in the (possibly new) root
+// and runs as-user. Both a fresh start and a reload go through it.
+func (v *vassalInit) enterUserPhases() error {
+	if err := v.runPhase(PhaseAsRoot, nil); err != nil {
+		return err
+	}
+
+	creds, err := v.resolveCredentials()
+	if err != nil {
+		return err
+	}
+	v.creds = creds
+
+	if creds != nil && creds.UID != 0 && v.cfg.usesFUSEAsUser() {
+		if err := v.shareFUSEDevice(); err != nil {
+			return err
+		}
+	}
+
+	return v.runPhase(PhaseAsUser, v.creds)
+}
+
+// reload restarts the program inside the existing namespaces: the file is
+// read again with if-reload true, pre-jail and pivot_root are skipped, and
+// the as-root and as-user phases run again.
+func (v *vassalInit) reload() error {
+	cfg, err := ParseFile(v.file, ParseOptions{Reload: true})
+	if err != nil {
+		return err
+	}
+	v.cfg = cfg
+	return v.enterUserPhases()
+}
+
+// resolveCredentials looks uid and gid up in the current root's passwd and
+// group files. It returns nil when the vassal runs as root.
+func (v *vassalInit) resolveCredentials() (*Credentials, error) {
+	if v.cfg.UID == "" && v.cfg.GID == "" {
+		return nil, nil
+	}
+	user := v.cfg.UID
+	if user == "" {
+		user = "0"
+	}
+	creds, err := ResolveCredentials("/", user, v.cfg.GID)
+	if err != nil {
+		return nil, &ConfigError{File: v.cfg.File, Line: v.cfg.optionLine("uid", "gid"), Msg: err.Error()}
+	}
+	return creds, nil
+}
+
+// shareFUSEDevice gives the vassal's user access to /dev/fuse inside the
+// vassal's mount namespace when the host's node is root-only.
+func (v *vassalInit) shareFUSEDevice() error {
+	open, err := fusectl.DeviceOpenToAll()
+	if err != nil || open {
+		// A missing /dev/fuse is reported by the FUSE command itself.
+		return nil
+	}
+	dir, err := v.runtimeDir()
+	if err != nil {
+		return err
+	}
+	if err := fusectl.ShareDevice(dir); err != nil {
+		return fmt.Errorf("giving user %d access to /dev/fuse: %w; or make it mode 0666 as udev does", v.creds.UID, err)
+	}
+	v.log.Debug("bound a mode 0666 /dev/fuse into the vassal's mount namespace", "uid", v.creds.UID)
+	return nil
+}
+
+// runtimeDir mounts a private tmpfs on RuntimeDir the first time it is
+// needed and returns its path. It holds files of this vassal only, such as a
+// /dev/fuse node, and vanishes with the mount namespace.
+func (v *vassalInit) runtimeDir() (string, error) {
+	if v.runtimeMounted {
+		return RuntimeDir, nil
+	}
+	if err := os.MkdirAll(RuntimeDir, 0o755); err != nil {
+		return "", fmt.Errorf("creating the vassal runtime directory %q: %w", RuntimeDir, err)
+	}
+	if err := mount.Mount("fief", RuntimeDir, "tmpfs", unix.MS_NOSUID, "mode=0755,size=4m"); err != nil {
+		return "", fmt.Errorf("mounting the vassal runtime directory: %w", err)
+	}
+	v.runtimeMounted = true
+	return RuntimeDir, nil
+}
+
+// usesFUSEAsUser reports whether a command of the as-user phase starts a FUSE
+// daemon.
+func (c *Config) usesFUSEAsUser() bool {
+	for _, step := range c.Steps[PhaseAsUser] {
+		var argv []string
+		switch {
+		case step.Command != nil:
+			argv = step.Command.Argv
+		case step.Hook != nil:
+			argv = step.Hook.Argv
+		}
+		if _, ok := fusectl.DaemonMountPoint(argv); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// optionLine returns the line of the first applied option among keys, or 0.
+func (c *Config) optionLine(keys ...string) int {
+	for _, opt := range c.Options {
+		for _, key := range keys {
+			if opt.Key == key {
+				return opt.Line
+			}
+		}
+	}
+	return 0
+}
+
+// runPhase runs every step of phase in file order and stops at the first
+// failure. creds is nil for the root phases.
+func (v *vassalInit) runPhase(phase Phase, creds *Credentials) error {
+	for _, step := range v.cfg.Steps[phase] {
+		var err error
+		var line int
+		var text string
+		switch {
+		case step.Command != nil:
+			line, text = step.Command.Line, step.Command.Text
+			err = v.runCommand(phase, step.Command.Argv, creds)
+		case step.Hook != nil:
+			line, text = step.Hook.Line, step.Hook.Text
+			err = v.runHook(phase, step.Hook, creds)
+		}
+		if err != nil {
+			return &StepError{File: v.cfg.File, Line: line, Phase: phase, Text: text, Err: err}
+		}
+		v.stepsDone++
+	}
+	return nil
+}
+
+// runAtexit runs the atexit phases, logging failures and going on, so that
+// a FUSE filesystem that writes on unmount keeps its data. It does nothing
+// when no start-up step ran.
+func (v *vassalInit) runAtexit() {
+	if v.cfg == nil || v.stepsDone == 0 {
+		return
+	}
+	for _, phase := range []Phase{PhaseAsUserAtexit, PhaseAsRootAtexit} {
+		creds := v.creds
+		if phase == PhaseAsRootAtexit {
+			creds = nil
+		}
+		for _, step := range v.cfg.Steps[phase] {
+			var err error
+			var line int
+			var text string
+			switch {
+			case step.Command != nil:
+				line, text = step.Command.Line, step.Command.Text
+				err = v.runCommandUnstoppable(phase, step.Command.Argv, creds)
+			case step.Hook != nil:
+				line, text = step.Hook.Line, step.Hook.Text
+				err = v.runHook(phase, step.Hook, creds)
+			}
+			if err != nil {
+				v.log.Warn("atexit step failed", "err", &StepError{File: v.cfg.File, Line: line, Phase: phase, Text: text, Err: err})
+			}
+		}
+	}
+}
+
+// environment returns the environment of the vassal's commands and program:
+// the init's own, then the vassal's env lines, then HOME, USER and LOGNAME
+// of creds.
+func (v *vassalInit) environment(creds *Credentials) []string {
+	env := os.Environ()
+	env = append(env, v.cfg.Env...)
+	if creds != nil {
+		env = append(env, creds.Env()...)
+	}
+	return dedupEnv(env)
+}
+
+// dedupEnv keeps the last value of each variable, in first-seen order.
+func dedupEnv(env []string) []string {
+	index := make(map[string]int, len(env))
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if i, ok := index[name]; ok {
+			out[i] = kv
+			continue
+		}
+		index[name] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
+func envValue(env []string, name string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, val, ok := strings.Cut(env[i], "="); ok && k == name {
+			return val
+		}
+	}
+	return ""
+}
+
+// lookPath finds program on the PATH of env. exec.LookPath would use the
+// init's own PATH and its result would be stale after pivot_root.
+func lookPath(program string, env []string) (string, error) {
+	if strings.Contains(program, "/") {
+		return program, nil
+	}
+	path := envValue(env, "PATH")
+	if path == "" {
+		path = defaultPath
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		candidate := filepath.Join(dir, program)
+		info, err := os.Stat(candidate)
+		if err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 {
+			return candidate, nil
+		}
+	}
+	return "", fmt.Errorf("program %q not found in PATH %q: install it or give its full path", program, path)
+}
+
+// newCommand builds an exec.Cmd for argv with the vassal's environment and,
+// when creds is not nil, the vassal's user and groups.
+func (v *vassalInit) newCommand(argv []string, creds *Credentials) (*exec.Cmd, error) {
+	env := v.environment(creds)
+	path, err := lookPath(argv[0], env)
+	if err != nil {
+		return nil, err
+	}
+
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, fmt.Errorf("opening %q: %w", os.DevNull, err)
+	}
+
+	cmd := &exec.Cmd{
+		Path:        path,
+		Args:        argv,
+		Env:         env,
+		Stdin:       devNull,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{},
+	}
+	if creds != nil {
+		// The child calls setgroups, setgid and setuid, in that order,
+		// between fork and exec, while it is still single-threaded.
+		cmd.SysProcAttr.Credential = &syscall.Credential{
+			Uid:    creds.UID,
+			Gid:    creds.GID,
+			Groups: creds.Groups,
+		}
+	}
+	return cmd, nil
+}
+
+// start starts cmd through the reaper and closes the parent's copy of stdin.
+func (v *vassalInit) start(cmd *exec.Cmd) (*reaper.Child, error) {
+	child, err := v.reaper.Start(cmd)
+	if stdin, ok := cmd.Stdin.(*os.File); ok {
+		stdin.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("starting %q: %w", cmd.Path, err)
+	}
+	return child, nil
+}
+
+// runCommand runs argv, waits for it, and when it is a FUSE daemon waits for
+// its mount to appear. A stop request kills the command and returns
+// context.Canceled.
+func (v *vassalInit) runCommand(phase Phase, argv []string, creds *Credentials) error {
+	cmd, err := v.newCommand(argv, creds)
+	if err != nil {
+		return err
+	}
+	child, err := v.start(cmd)
+	if err != nil {
+		return err
+	}
+	v.log.Debug("running step", "phase", string(phase), "step_pid", child.Pid, "argv", argv)
+
+	select {
+	case st := <-child.Done:
+		if !st.Success() {
+			return errors.New(st.String())
+		}
+	case <-v.ctx.Done():
+		_ = child.Signal(unix.SIGKILL)
+		<-child.Done
+		return v.ctx.Err()
+	}
+
+	mountPoint, ok := fusectl.DaemonMountPoint(argv)
+	if !ok {
+		return nil
+	}
+	info, err := fusectl.WaitMount(v.ctx, v.watcher, v.readMounts, mountPoint, v.cfg.FuseMountTimeout)
+	if err != nil {
+		return fmt.Errorf("%w; check that the command mounts there (is the mount point an empty directory the user can write?)", err)
+	}
+	v.log.Info("FUSE filesystem mounted", "mount_point", mountPoint, "fstype", info.FSType, "connection", info.ConnectionID())
+	return nil
+}
+
+// runCommandUnstoppable runs argv and waits for it even after a stop request,
+// as the atexit phases must.
+func (v *vassalInit) runCommandUnstoppable(phase Phase, argv []string, creds *Credentials) error {
+	cmd, err := v.newCommand(argv, creds)
+	if err != nil {
+		return err
+	}
+	child, err := v.start(cmd)
+	if err != nil {
+		return err
+	}
+	v.log.Debug("running step", "phase", string(phase), "step_pid", child.Pid, "argv", argv)
+	if st := <-child.Done; !st.Success() {
+		return errors.New(st.String())
+	}
+	return nil
+}
+
+// startProgram starts the vassal's program with the dropped privileges, in
+// the chdir directory. Go applies the directory after setuid, so it must be
+// reachable by the vassal's user.
+func (v *vassalInit) startProgram() (*reaper.Child, error) {
+	argv, err := v.programArgv()
+	if err != nil {
+		return nil, err
+	}
+	cmd, err := v.newCommand(argv, v.creds)
+	if err != nil {
+		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: strings.Join(argv, " "), Err: err}
+	}
+	cmd.Dir = v.cfg.Chdir
+
+	child, err := v.start(cmd)
+	if err != nil {
+		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: strings.Join(argv, " "), Err: err}
+	}
+	v.log.Info("program started", "program_pid", child.Pid, "argv", argv)
+	return child, nil
+}
+
+func (v *vassalInit) programLine() int {
+	if v.cfg.Exec != nil {
+		return v.cfg.Exec.Line
+	}
+	return 0
+}

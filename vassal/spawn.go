@@ -1,0 +1,127 @@
+package vassal
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// InitArg0 is the argv[0] under which fief re-executes itself as a vassal
+// init. main checks for it before anything else.
+const InitArg0 = "fief-vassal-init"
+
+// Exit codes of a vassal init, which the emperor acts on.
+const (
+	// ExitStopped: the vassal was asked to stop and did.
+	ExitStopped = 0
+	// ExitFailed: the program, a FUSE mount or a start-up step failed; the
+	// emperor respawns the vassal with backoff.
+	ExitFailed = 1
+	// ExitConfig: the vassal file is invalid; the emperor waits for the file
+	// to change instead of respawning.
+	ExitConfig = 2
+)
+
+// cloneNames maps the namespace names of uWSGI's emperor-use-clone and
+// unshare options to clone flags.
+var cloneNames = map[string]uintptr{
+	"fs":     unix.CLONE_NEWNS,
+	"mount":  unix.CLONE_NEWNS,
+	"mnt":    unix.CLONE_NEWNS,
+	"ns":     unix.CLONE_NEWNS,
+	"pid":    unix.CLONE_NEWPID,
+	"ipc":    unix.CLONE_NEWIPC,
+	"uts":    unix.CLONE_NEWUTS,
+	"net":    unix.CLONE_NEWNET,
+	"cgroup": unix.CLONE_NEWCGROUP,
+}
+
+// RequiredCloneFlags are always set: the mount namespace keeps a vassal's
+// mounts out of the host, and the pid namespace makes the vassal init pid 1
+// there, so everything in it dies with the init.
+const RequiredCloneFlags = unix.CLONE_NEWNS | unix.CLONE_NEWPID
+
+// ParseCloneFlags turns a comma-separated list such as "fs,pid,net" into
+// clone flags. An empty list means the required flags only.
+func ParseCloneFlags(list string) (uintptr, error) {
+	flags := uintptr(RequiredCloneFlags)
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		flag, ok := cloneNames[name]
+		if !ok {
+			return 0, fmt.Errorf("unknown namespace %q in clone list %q; use a comma-separated list of %s", name, list, strings.Join(CloneNames(), ", "))
+		}
+		flags |= flag
+	}
+	return flags, nil
+}
+
+// CloneNames returns the accepted namespace names, sorted.
+func CloneNames() []string {
+	names := make([]string, 0, len(cloneNames))
+	for name := range cloneNames {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// SpawnOptions says how to start a vassal init.
+type SpawnOptions struct {
+	// CloneFlags are the namespaces to create; RequiredCloneFlags are
+	// added when missing.
+	CloneFlags uintptr
+	// LogFormat is "text" or "json"; LogLevel "debug", "info", "warn" or
+	// "error".
+	LogFormat, LogLevel string
+	// Stdout and Stderr receive the init's log and the program's output.
+	Stdout, Stderr *os.File
+}
+
+// InitCommand builds the command that re-executes this binary as the init of a
+// new vassal for the file at path. Namespaces are created by clone(2) at
+// spawn: a Go process cannot move itself into new namespaces because
+// unshare(2) applies to one thread and Go runs many.
+func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("resolving vassal file %q: %w", path, err)
+	}
+
+	args := []string{InitArg0, "--file", abs}
+	if opts.LogFormat != "" {
+		args = append(args, "--log-format", opts.LogFormat)
+	}
+	if opts.LogLevel != "" {
+		args = append(args, "--log-level", opts.LogLevel)
+	}
+
+	cmd := &exec.Cmd{
+		Path:   "/proc/self/exe",
+		Args:   args,
+		Dir:    filepath.Dir(abs),
+		Stdout: opts.Stdout,
+		Stderr: opts.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{
+			Cloneflags: opts.CloneFlags | RequiredCloneFlags,
+			// Its own session keeps terminal job-control signals of the
+			// emperor's console away from the vassal.
+			Setsid: true,
+			// If the emperor dies, the vassal init dies, and the kernel
+			// kills everything in its pid namespace. The signal fires when
+			// the thread that forked exits, so spawns come from one locked
+			// thread in the emperor.
+			Pdeathsig: unix.SIGKILL,
+		},
+	}
+	return cmd, nil
+}

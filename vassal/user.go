@@ -1,0 +1,276 @@
+package vassal
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// ErrUnknownUser and ErrUnknownGroup are wrapped by the errors of
+// ResolveCredentials when a name has no entry in the passwd or group file.
+var (
+	ErrUnknownUser  = errors.New("unknown user")
+	ErrUnknownGroup = errors.New("unknown group")
+)
+
+// maxID is the largest valid uid or gid. The value 4294967295 is (uid_t)-1,
+// which setresuid and setresgid read as "leave unchanged".
+const maxID = 1<<32 - 2
+
+// Credentials is who a vassal's program and as-user commands run as.
+type Credentials struct {
+	UID, GID uint32
+	Groups   []uint32 // supplementary groups without duplicates, which may include GID
+	Name     string   // user name, "" when the uid has no passwd entry
+	Home     string   // home directory from passwd, or "/" when the uid has no entry or the field is empty
+}
+
+// passwdEntry is one valid line of a passwd file.
+type passwdEntry struct {
+	name     string
+	uid, gid uint32
+	home     string
+}
+
+// groupEntry is one valid line of a group file.
+type groupEntry struct {
+	name    string
+	gid     uint32
+	members []string
+}
+
+// ResolveCredentials looks up user and group in ROOT/etc/passwd and
+// ROOT/etc/group. Root is "/" in production and a temporary directory in tests.
+//
+// User is a name or a decimal uid, and a string of digits is always a uid.
+// A name must have a passwd entry. A uid is used as given, and when passwd has an
+// entry for it, Name, Home and the primary gid come from the first such entry.
+// A uid without an entry gets the gid with the same number, Home "/" and no
+// Name. gosu and su-exec keep the caller's gid in that case, which is gid 0
+// when the caller is root, so fief deliberately differs from them there.
+//
+// Group "" selects the user's primary gid, and the supplementary groups are
+// then the primary gid followed by every group in the group file that lists
+// the user's name as a member. A non-empty group is a name, which must have
+// an entry in the group file, or a decimal gid used as given. An explicit
+// group is then the only supplementary group, as with gosu USER:GROUP.
+//
+// A missing passwd or group file fails only a lookup by name. Comment lines,
+// blank lines and lines with the wrong number of fields or a non-numeric id
+// are skipped.
+func ResolveCredentials(root, user, group string) (*Credentials, error) {
+	if user == "" {
+		return nil, errors.New("empty user: give a user name or a numeric uid")
+	}
+	passwdPath := filepath.Join(root, "etc", "passwd")
+	groupPath := filepath.Join(root, "etc", "group")
+
+	creds, err := resolveUser(passwdPath, user)
+	if err != nil {
+		return nil, err
+	}
+
+	if group != "" {
+		gid, err := resolveGroup(groupPath, group)
+		if err != nil {
+			return nil, err
+		}
+		creds.GID = gid
+		creds.Groups = []uint32{gid}
+		return creds, nil
+	}
+
+	creds.Groups = []uint32{creds.GID}
+	if creds.Name == "" {
+		return creds, nil
+	}
+	groups, err := readGroupFile(groupPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return creds, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing supplementary groups of user %q: %w", creds.Name, err)
+	}
+	for _, entry := range groups {
+		if slices.Contains(entry.members, creds.Name) && !slices.Contains(creds.Groups, entry.gid) {
+			creds.Groups = append(creds.Groups, entry.gid)
+		}
+	}
+	return creds, nil
+}
+
+// Env returns the HOME, USER and LOGNAME entries for a process running as c,
+// in the "KEY=value" form of os/exec.Cmd.Env. USER and LOGNAME are left out
+// when c has no Name.
+func (c *Credentials) Env() []string {
+	env := []string{"HOME=" + c.Home}
+	if c.Name != "" {
+		env = append(env, "USER="+c.Name, "LOGNAME="+c.Name)
+	}
+	return env
+}
+
+// resolveUser returns the credentials for user without supplementary groups.
+func resolveUser(passwdPath, user string) (*Credentials, error) {
+	numeric := isDigits(user)
+	var uid uint32
+	if numeric {
+		id, err := parseID(user)
+		if err != nil {
+			return nil, fmt.Errorf("invalid uid %q: %w", user, err)
+		}
+		uid = id
+	}
+
+	entries, err := readPasswdFile(passwdPath)
+	if err != nil {
+		switch {
+		case numeric && errors.Is(err, fs.ErrNotExist):
+			entries = nil
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, fmt.Errorf("%w %q: %w; create the file with an entry for the user or use a numeric uid",
+				ErrUnknownUser, user, err)
+		default:
+			return nil, fmt.Errorf("looking up user %q: %w", user, err)
+		}
+	}
+
+	for _, entry := range entries {
+		if (numeric && entry.uid == uid) || (!numeric && entry.name == user) {
+			return credentialsFromEntry(entry), nil
+		}
+	}
+	if !numeric {
+		return nil, fmt.Errorf("%w %q: no entry in %s; create the user or use a numeric uid",
+			ErrUnknownUser, user, passwdPath)
+	}
+	return &Credentials{UID: uid, GID: uid, Home: "/"}, nil
+}
+
+func credentialsFromEntry(entry passwdEntry) *Credentials {
+	home := entry.home
+	if home == "" {
+		home = "/"
+	}
+	return &Credentials{UID: entry.uid, GID: entry.gid, Name: entry.name, Home: home}
+}
+
+// resolveGroup returns the gid for an explicit group name or number.
+func resolveGroup(groupPath, group string) (uint32, error) {
+	if isDigits(group) {
+		gid, err := parseID(group)
+		if err != nil {
+			return 0, fmt.Errorf("invalid gid %q: %w", group, err)
+		}
+		return gid, nil
+	}
+
+	entries, err := readGroupFile(groupPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%w %q: %w; create the file with an entry for the group or use a numeric gid",
+			ErrUnknownGroup, group, err)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("looking up group %q: %w", group, err)
+	}
+	for _, entry := range entries {
+		if entry.name == group {
+			return entry.gid, nil
+		}
+	}
+	return 0, fmt.Errorf("%w %q: no entry in %s; create the group or use a numeric gid",
+		ErrUnknownGroup, group, groupPath)
+}
+
+// readPasswdFile parses the lines "name:password:uid:gid:gecos:home:shell".
+func readPasswdFile(path string) ([]passwdEntry, error) {
+	lines, err := readDatabaseLines(path)
+	if err != nil {
+		return nil, err
+	}
+	var entries []passwdEntry
+	for _, line := range lines {
+		fields := strings.Split(line, ":")
+		if len(fields) != 7 || fields[0] == "" {
+			continue
+		}
+		uid, uidErr := parseID(fields[2])
+		gid, gidErr := parseID(fields[3])
+		if uidErr != nil || gidErr != nil {
+			continue
+		}
+		entries = append(entries, passwdEntry{name: fields[0], uid: uid, gid: gid, home: fields[5]})
+	}
+	return entries, nil
+}
+
+// readGroupFile parses the lines "name:password:gid:member,member".
+func readGroupFile(path string) ([]groupEntry, error) {
+	lines, err := readDatabaseLines(path)
+	if err != nil {
+		return nil, err
+	}
+	var entries []groupEntry
+	for _, line := range lines {
+		fields := strings.Split(line, ":")
+		if len(fields) != 4 || fields[0] == "" {
+			continue
+		}
+		gid, err := parseID(fields[2])
+		if err != nil {
+			continue
+		}
+		var members []string
+		for member := range strings.SplitSeq(fields[3], ",") {
+			if member != "" {
+				members = append(members, member)
+			}
+		}
+		entries = append(entries, groupEntry{name: fields[0], gid: gid, members: members})
+	}
+	return entries, nil
+}
+
+// readDatabaseLines returns the lines of path that are neither blank nor
+// comments starting with "#".
+func readDatabaseLines(path string) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var lines []string
+	for line := range strings.Lines(string(data)) {
+		line = strings.TrimRight(line, "\r\n")
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		lines = append(lines, line)
+	}
+	return lines, nil
+}
+
+// parseID parses a decimal uid or gid in the range 0 to maxID.
+func parseID(s string) (uint32, error) {
+	id, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || id > maxID {
+		return 0, fmt.Errorf("must be a decimal number from 0 to %d", maxID)
+	}
+	return uint32(id), nil
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
