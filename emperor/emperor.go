@@ -147,7 +147,7 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 			case unix.SIGHUP:
 				e.log.Info("SIGHUP: reloading every vassal")
 				for _, s := range e.vassals {
-					s.mail.post(func(m *mailbox) { m.reload = true })
+					s.mail.post(func(r *requests) { r.reload = true })
 				}
 			default:
 				e.log.Info("stopping every vassal", "signal", unix.SignalName(sig.(unix.Signal)))
@@ -225,7 +225,7 @@ func (e *Emperor) sync(name string, touched bool) {
 
 	switch {
 	case !exists && s != nil:
-		s.mail.post(func(m *mailbox) { m.remove = true })
+		s.mail.post(func(r *requests) { r.remove = true })
 	case !exists:
 	case s == nil:
 		s = newSupervisor(e, name, path)
@@ -235,9 +235,9 @@ func (e *Emperor) sync(name string, touched bool) {
 			e.retired <- s
 		}()
 	default:
-		s.mail.post(func(m *mailbox) {
-			m.update = snap
-			m.touched = m.touched || touched
+		s.mail.post(func(r *requests) {
+			r.update = snap
+			r.touched = r.touched || touched
 		})
 	}
 }
@@ -266,7 +266,7 @@ func (e *Emperor) read(path string) (*snapshot, bool) {
 func (e *Emperor) shutdown() {
 	var wg sync.WaitGroup
 	for _, s := range e.vassals {
-		s.mail.post(func(m *mailbox) { m.shutdown = true })
+		s.mail.post(func(r *requests) { r.shutdown = true })
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -32,21 +32,26 @@ type snapshot struct {
 	err  error          // why the file is invalid
 }
 
+// requests are what the emperor's loop asks of a supervisor.
+type requests struct {
+	update   *snapshot // the file's latest content, nil when unchanged
+	touched  bool      // the file got an event: reload, or retry a broken vassal
+	reload   bool      // SIGHUP to the emperor
+	remove   bool      // the file is gone
+	shutdown bool      // the emperor is stopping
+}
+
 // mailbox passes requests from the emperor's loop to a supervisor without
 // ever blocking the loop: each kind of request keeps only its latest value.
 type mailbox struct {
-	mu       sync.Mutex
-	update   *snapshot
-	touched  bool
-	reload   bool
-	remove   bool
-	shutdown bool
-	notify   chan struct{}
+	mu      sync.Mutex
+	pending requests
+	notify  chan struct{}
 }
 
-func (m *mailbox) post(fn func(*mailbox)) {
+func (m *mailbox) post(fn func(*requests)) {
 	m.mu.Lock()
-	fn(m)
+	fn(&m.pending)
 	m.mu.Unlock()
 	select {
 	case m.notify <- struct{}{}:
@@ -55,11 +60,11 @@ func (m *mailbox) post(fn func(*mailbox)) {
 }
 
 // take returns and clears every pending request.
-func (m *mailbox) take() mailbox {
+func (m *mailbox) take() requests {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	pending := mailbox{update: m.update, touched: m.touched, reload: m.reload, remove: m.remove, shutdown: m.shutdown}
-	m.update, m.touched, m.reload, m.remove, m.shutdown = nil, false, false, false, false
+	pending := m.pending
+	m.pending = requests{}
 	return pending
 }
 
@@ -208,7 +213,7 @@ func (s *supervisor) start() {
 		s.deaths++
 		s.state = StateBackoff
 		delay := Backoff(s.deaths + 1)
-		time.AfterFunc(delay, func() { s.mail.post(func(m *mailbox) { m.touched = true }) })
+		time.AfterFunc(delay, func() { s.mail.post(func(r *requests) { r.touched = true }) })
 		return
 	}
 
