@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -67,13 +68,20 @@ type Child struct {
 	Done <-chan Status
 
 	process *os.Process
+	// reaped is set before the process handle is released, so a signal
+	// that fails because of the release can be told from a real failure.
+	reaped *atomic.Bool
 }
 
 // Signal sends sig to the child. It goes through the child's pidfd, so it can
-// never reach another process that reused the pid.
+// never reach another process that reused the pid. Signalling a child that
+// has already been reaped does nothing.
 func (c *Child) Signal(sig os.Signal) error {
+	if c.reaped.Load() {
+		return nil
+	}
 	err := c.process.Signal(sig)
-	if errors.Is(err, os.ErrProcessDone) {
+	if err == nil || errors.Is(err, os.ErrProcessDone) || c.reaped.Load() {
 		return nil
 	}
 	return err
@@ -93,12 +101,21 @@ type Reaper struct {
 type waiter struct {
 	done    chan Status
 	process *os.Process
+	reaped  *atomic.Bool
 }
+
+// created makes sure one process has one reaper: two would take each other's
+// statuses.
+var created atomic.Bool
 
 // New starts the reaping goroutine. onOrphan, which may be nil, is called on
 // that goroutine for every reaped process that was not started through
-// [Reaper.Start]; it must not block.
+// [Reaper.Start]; it must not block. New panics when called twice in one
+// process.
 func New(onOrphan func(Status)) *Reaper {
+	if !created.CompareAndSwap(false, true) {
+		panic("reaper.New called twice: a process must have exactly one reaper")
+	}
 	r := &Reaper{
 		waiters: make(map[int]*waiter),
 		orphan:  onOrphan,
@@ -131,9 +148,9 @@ func (r *Reaper) Start(cmd *exec.Cmd) (*Child, error) {
 		return nil, err
 	}
 
-	w := &waiter{done: make(chan Status, 1), process: cmd.Process}
+	w := &waiter{done: make(chan Status, 1), process: cmd.Process, reaped: new(atomic.Bool)}
 	r.waiters[cmd.Process.Pid] = w
-	return &Child{Pid: cmd.Process.Pid, Done: w.done, process: cmd.Process}, nil
+	return &Child{Pid: cmd.Process.Pid, Done: w.done, process: cmd.Process, reaped: w.reaped}, nil
 }
 
 // Reap collects every child that has exited so far. The reaping goroutine
@@ -167,6 +184,7 @@ func (r *Reaper) dispatch(status Status) {
 		return
 	}
 
+	w.reaped.Store(true)
 	w.done <- status
 	// Release closes the pidfd os.StartProcess kept; the process is gone.
 	_ = w.process.Release()

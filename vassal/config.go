@@ -99,7 +99,7 @@ type Config struct {
 	Options      []Option // every applied option in file order, without if-* and endif lines
 }
 
-// ConfigError is an invalid line or an invalid file. Line is 0 when the
+// ConfigError is the error for an invalid line or file. Line is 0 when the
 // error concerns the whole file.
 type ConfigError struct {
 	File string

@@ -24,8 +24,8 @@ type Hook struct {
 	Path string // mkdir and chdir: the directory
 
 	// Func and FuncArgs are the C function and its blank-separated
-	// arguments for call and callret. Callret fails the phase when the
-	// function returns an error, and call ignores the result.
+	// arguments for call and callret. With callret, an error returned by
+	// the function fails the step, and call ignores the return value.
 	Func     string
 	FuncArgs []string
 
@@ -194,7 +194,10 @@ func parseCallArgs(hook *Hook, args string) error {
 	if len(fields) == 0 {
 		return fmt.Errorf("%s needs a function name; supported functions are %s", hook.Action, strings.Join(hookFunctions, ", "))
 	}
-	hook.Func, hook.FuncArgs = fields[0], fields[1:]
+	hook.Func = fields[0]
+	if len(fields) > 1 {
+		hook.FuncArgs = fields[1:]
+	}
 	count := len(hook.FuncArgs)
 
 	switch hook.Func {

@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// keyKind is how the parser treats a key.
+// keyKind is the category of a key, which decides how the parser handles it.
 type keyKind int
 
 const (
@@ -73,8 +73,8 @@ var keyAliases = map[string]string{
 //
 // uWSGI options that change how the vassal is jailed or run, such as chroot,
 // umask, hook-post-jail, exec-in-jail, mount-as-root or the config logic
-// keys (for, if-opt, include), are deliberately absent: fief does not apply
-// them, so they are rejected as unknown keys instead of being ignored.
+// keys (for, if-opt, include), are deliberately absent. Fief does not apply
+// them, so it rejects them instead of ignoring them.
 var uwsgiKeys = []string{
 	// Sockets and protocols.
 	"socket", "uwsgi-socket", "suwsgi-socket", "ssl-socket", "puwsgi-socket",
@@ -186,7 +186,7 @@ func buildKeyTable() (table map[string]keyInfo, candidates []string) {
 	return table, candidates
 }
 
-// normalizeKey replaces "_" with "-", because keys treat them alike.
+// normalizeKey replaces "_" with "-", so that both spellings of a key match.
 func normalizeKey(key string) string {
 	return strings.ReplaceAll(key, "_", "-")
 }
@@ -197,13 +197,57 @@ func lookupKey(key string) (keyInfo, bool) {
 	return info, ok
 }
 
-// unknownKeyMessage describes an unknown key and names the closest known key
-// when one is near enough to be a likely typo.
+// unknownKeyMessage describes an unknown key. It names the fief way for
+// uWSGI jail options that fief does not support, and otherwise the closest
+// known key when one is near enough to be a likely typo.
 func unknownKeyMessage(key string) string {
+	if hint, ok := unsupportedUWSGIKeyHint(normalizeKey(key)); ok {
+		return fmt.Sprintf("unsupported uWSGI option %q: %s", key, hint)
+	}
 	if suggestion, ok := suggestKey(key); ok {
 		return fmt.Sprintf("unknown key %q; did you mean %q?", key, suggestion)
 	}
-	return fmt.Sprintf("unknown key %q: it is neither a fief key nor a known uWSGI option", key)
+	return fmt.Sprintf("unknown key %q: it is not a fief key or a uWSGI application option that fief accepts", key)
+}
+
+// uwsgiStepPhases are the phases of the uWSGI exec-*, hook-*, call-*,
+// mount-* and umount-* options.
+var uwsgiStepPhases = []string{
+	"asap", "pre-jail", "post-jail", "in-jail", "as-root", "as-user",
+	"as-user-atexit", "as-root-atexit", "pre-app", "post-app", "as-vassal", "as-emperor",
+}
+
+// unsupportedUWSGIKeyHint returns what to write instead of a uWSGI option
+// that jails or prepares the instance and that fief does not support. Fief
+// rejects these options because ignoring them would run the vassal with less
+// isolation or setup than its file requests.
+func unsupportedUWSGIKeyHint(key string) (string, bool) {
+	switch key {
+	case "chroot":
+		return "fief does not chroot; use pivot-root = NEW OLD instead", true
+	case "umask":
+		return "set it with a hook instead, e.g. hook-as-user = call:umask 022", true
+	}
+
+	action, phase, found := strings.Cut(key, "-")
+	if !found || !slices.Contains(uwsgiStepPhases, phase) {
+		return "", false
+	}
+	if !slices.Contains([]string{"exec", "hook", "call", "mount", "umount"}, action) {
+		return "", false
+	}
+	if !slices.Contains(Phases, Phase(phase)) {
+		return fmt.Sprintf("fief has no %s phase; it runs steps in the phases pre-jail, as-root, as-user, as-user-atexit and as-root-atexit", phase), true
+	}
+
+	// Exec-* and hook-* keys of fief phases are fief keys and never get
+	// here, so the action is call, mount or umount.
+	hookUsage := map[string]string{
+		"call":   "call:FUNCTION ARGS",
+		"mount":  "mount:FSTYPE SOURCE TARGET [FLAGS [DATA]]",
+		"umount": "umount:TARGET [FLAGS]",
+	}
+	return fmt.Sprintf("write hook-%s = %s instead", phase, hookUsage[action]), true
 }
 
 // suggestKey returns the known key with the smallest edit distance to key,

@@ -92,6 +92,9 @@ func splitCommand(command string) ([]string, error) {
 	if len(words) == 0 {
 		return nil, errors.New("empty command: name the program to run")
 	}
+	if words[0] == "" {
+		return nil, errors.New("the program name is empty: name the program to run")
+	}
 	return words, nil
 }
 

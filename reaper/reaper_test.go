@@ -1,0 +1,163 @@
+package reaper
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// testReaper is the one reaper of the test binary; orphanHook receives its
+// orphans.
+var (
+	testReaper *Reaper
+	orphanMu   sync.Mutex
+	orphanHook func(Status)
+)
+
+// The test binary becomes a child subreaper, so grandchildren orphaned by
+// the shell commands below are reaped by the reaper under test.
+func TestMain(m *testing.M) {
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "becoming a child subreaper: %v\n", err)
+		os.Exit(1)
+	}
+	testReaper = New(func(st Status) {
+		orphanMu.Lock()
+		hook := orphanHook
+		orphanMu.Unlock()
+		if hook != nil {
+			hook(st)
+		}
+	})
+	os.Exit(m.Run())
+}
+
+func setOrphanHook(t *testing.T, hook func(Status)) {
+	orphanMu.Lock()
+	orphanHook = hook
+	orphanMu.Unlock()
+	t.Cleanup(func() {
+		orphanMu.Lock()
+		orphanHook = nil
+		orphanMu.Unlock()
+	})
+}
+
+func waitStatus(t *testing.T, child *Child) Status {
+	t.Helper()
+	select {
+	case st := <-child.Done:
+		return st
+	case <-time.After(10 * time.Second):
+		t.Fatalf("child %d: no status within 10s", child.Pid)
+		return Status{}
+	}
+}
+
+func TestStatusOfEveryChild(t *testing.T) {
+	const runs = 200
+	orphanCount := make(chan struct{}, runs*2)
+	setOrphanHook(t, func(Status) { orphanCount <- struct{}{} })
+	r := testReaper
+
+	var wg sync.WaitGroup
+	errs := make(chan error, runs)
+	for i := 0; i < runs; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code := i % 256
+			// Each shell leaves one orphan behind that the reaper must
+			// collect too.
+			cmd := exec.Command("sh", "-c", fmt.Sprintf("sleep 0.01 & exit %d", code))
+			child, err := r.Start(cmd)
+			if err != nil {
+				errs <- fmt.Errorf("run %d: Start: %v", i, err)
+				return
+			}
+			st := <-child.Done
+			if got := st.ExitCode(); got != code {
+				errs <- fmt.Errorf("run %d: ExitCode() = %d, want %d (%s)", i, got, code, st)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	deadline := time.After(10 * time.Second)
+	for i := 0; i < runs; i++ {
+		select {
+		case <-orphanCount:
+		case <-deadline:
+			t.Fatalf("%d of %d orphans reaped within 10s", i, runs)
+		}
+	}
+	if n := r.Pending(); n != 0 {
+		t.Errorf("Pending() = %d after every child exited, want 0", n)
+	}
+}
+
+func TestStatusOfSignalledChild(t *testing.T) {
+	r := testReaper
+	child, err := r.Start(exec.Command("sleep", "60"))
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if err := child.Signal(unix.SIGTERM); err != nil {
+		t.Fatalf("Signal: %v", err)
+	}
+	st := waitStatus(t, child)
+	if got := st.ExitCode(); got != 128+int(unix.SIGTERM) {
+		t.Errorf("ExitCode() = %d, want %d", got, 128+int(unix.SIGTERM))
+	}
+	if got, want := st.String(), "killed by signal SIGTERM"; got != want {
+		t.Errorf("String() = %q, want %q", got, want)
+	}
+
+	// A signal to a reaped child is not an error: the pidfd cannot reach
+	// another process that reused the pid.
+	if err := child.Signal(unix.SIGTERM); err != nil {
+		t.Errorf("Signal after exit = %v, want nil", err)
+	}
+}
+
+func TestStartRejectsPipedOutput(t *testing.T) {
+	r := testReaper
+	cmd := exec.Command("true")
+	cmd.Stdout = &discard{}
+	if _, err := r.Start(cmd); err == nil {
+		t.Fatalf("Start with a non-file stdout succeeded, want an error")
+	}
+}
+
+type discard struct{}
+
+func (*discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestStartMissingProgram(t *testing.T) {
+	r := testReaper
+	_, err := r.Start(exec.Command("/nonexistent/program"))
+	if err == nil {
+		t.Fatalf("Start of a missing program succeeded")
+	}
+	if !IsExecNotFound(err) {
+		t.Errorf("IsExecNotFound(%v) = false, want true", err)
+	}
+}
+
+func TestNewTwicePanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Errorf("a second New did not panic")
+		}
+	}()
+	New(nil)
+}
