@@ -12,8 +12,10 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	"fief/emperor"
+	initd "fief/init"
 	"fief/vassal"
 )
 
@@ -49,6 +51,8 @@ func commands() []command {
 		{"emperor", "emperor [flags] DIR | emperor --ini FILE", "supervise every vassal file (*.ini) in DIR", runEmperor},
 		{"vassal", "vassal [flags] FILE", "run one vassal in the foreground, in its own namespaces", runVassal},
 		{"check", "check FILE|DIR...", "validate vassal files and print the planned setup; exit 1 on error", runCheck},
+		{"exec-as-user", "exec-as-user [flags] USER[:GROUP] CMD [ARG...]", "switch to USER and replace fief with CMD (no process stays behind)", runExecAsUser},
+		{"--", "[flags] -- CMD [ARG...]", "container init: run CMD, reap zombies, forward signals, exit with CMD's status", runContainer},
 		{"version", "version", "print fief's version and the Go version it was built with", runVersion},
 		{"help", "help [COMMAND]", "describe fief or one command and its flags", runHelp},
 	}
@@ -64,6 +68,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		printUsage(stdout)
 		return exitOK
 	}
+	// Flags before "--" belong to the container init, as with tini.
+	if strings.HasPrefix(name, "-") {
+		return runContainer(args, stdout, stderr)
+	}
 	for _, c := range commands() {
 		if c.name == name {
 			return c.run(args[1:], stdout, stderr)
@@ -76,7 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "fief %s: an emperor of vassals, each in its own mount and pid namespaces\n\nUsage:\n", version)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  fief %-38s %s\n", c.usage, c.summary)
+		fmt.Fprintf(w, "  fief %-48s %s\n", c.usage, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun 'fief help COMMAND' or 'fief COMMAND --help' for the flags of a command.\n")
 }
@@ -218,6 +226,64 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+func runExecAsUser(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("exec-as-user", stderr)
+	noNewPrivs := fs.Bool("no-new-privs", false, "set PR_SET_NO_NEW_PRIVS so CMD cannot gain privileges through setuid files or file capabilities (default off)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() < 2 {
+		fmt.Fprintf(stderr, "fief exec-as-user: give a user and a command\n")
+		fs.Usage()
+		return exitUsage
+	}
+
+	err := vassal.ExecAsUser(fs.Arg(0), fs.Args()[1:], vassal.ExecAsUserOptions{NoNewPrivs: *noNewPrivs})
+	fmt.Fprintf(stderr, "fief exec-as-user: %v\n", err)
+	var execErr *vassal.ExecError
+	if errors.As(err, &execErr) {
+		return execErr.Code
+	}
+	return exitFailure
+}
+
+// remapFlags collects repeated --remap-exit values.
+type remapFlags map[int]int
+
+func (r remapFlags) String() string { return "" }
+func (r remapFlags) Set(text string) error {
+	return initd.ParseRemap(text, r)
+}
+
+func runContainer(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("--", stderr)
+	var logs logFlags
+	logs.register(fs)
+	subreaper := fs.Bool("s", false, "child subreaper mode: reap zombies without being pid 1, and do not print the notice about it (default off)")
+	group := fs.Bool("g", false, "forward signals to CMD's whole process group instead of CMD alone (default off)")
+	grace := fs.Duration("grace", 5*time.Second, "`duration` processes left behind by CMD get between SIGTERM and SIGKILL once CMD exits")
+	remap := remapFlags{}
+	fs.Var(remap, "remap-exit", "map CMD's exit code FROM to TO, as `FROM:TO` (e.g. 143:0); repeatable")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if !logs.validate(stderr) {
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintf(stderr, "fief: give the command to run after --, e.g. fief -- /app/server\n")
+		return exitUsage
+	}
+
+	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
+	return initd.RunContainer(log, fs.Args(), initd.ContainerOptions{
+		Subreaper: *subreaper,
+		Group:     *group,
+		Grace:     *grace,
+		Remap:     remap,
+	})
 }
 
 func runVersion(args []string, stdout, stderr io.Writer) int {

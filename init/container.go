@@ -1,0 +1,271 @@
+package initd
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"fief/reaper"
+)
+
+// ForwardedSignals are passed on to the command. SIGCHLD is the reaper's,
+// and SIGURG is sent by the Go runtime to itself for preemption, so neither
+// is ever forwarded.
+var ForwardedSignals = []os.Signal{
+	unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
+	unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
+}
+
+// ContainerOptions configure [RunContainer].
+type ContainerOptions struct {
+	// Subreaper asks for child subreaper mode explicitly, which silences the
+	// notice printed when fief is not pid 1.
+	Subreaper bool
+	// Group forwards signals to the command's whole process group.
+	Group bool
+	// Grace is how long processes left behind by the command get between
+	// SIGTERM and SIGKILL.
+	Grace time.Duration
+	// Remap maps the command's exit code to fief's, e.g. 143 to 0.
+	Remap map[int]int
+}
+
+// ParseRemap parses an exit code mapping such as "143:0".
+func ParseRemap(text string, remap map[int]int) error {
+	from, to, ok := strings.Cut(text, ":")
+	if !ok {
+		return fmt.Errorf("invalid exit code mapping %q: write FROM:TO, e.g. 143:0", text)
+	}
+	f, err1 := strconv.Atoi(from)
+	t, err2 := strconv.Atoi(to)
+	if err1 != nil || err2 != nil || f < 0 || f > 255 || t < 0 || t > 255 {
+		return fmt.Errorf("invalid exit code mapping %q: both codes must be numbers from 0 to 255", text)
+	}
+	remap[f] = t
+	return nil
+}
+
+// Exit codes for a command that could not be started, as shells use them.
+const (
+	ExitNotExecutable = 126
+	ExitNotFound      = 127
+)
+
+// RunContainer runs argv as the main process of a container: it reaps every
+// zombie, forwards signals, and when the command exits it stops what the
+// command left behind and returns the command's exit code (128+N for death
+// by signal N).
+func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
+	pid1 := os.Getpid() == 1
+	if !pid1 {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			log.Warn("not pid 1 and becoming a child subreaper failed; zombies re-parented to pid 1 are not reaped by fief", "pid", os.Getpid(), "err", err)
+		} else if !opts.Subreaper {
+			log.Warn("not running as pid 1; registered as a child subreaper so zombies are still reaped (use -s to silence this)", "pid", os.Getpid())
+		}
+	}
+
+	signals := make(chan os.Signal, 16)
+	signal.Notify(signals, ForwardedSignals...)
+	defer signal.Stop(signals)
+
+	r := reaper.New(nil)
+
+	child, code := startCommand(log, r, argv)
+	if child == nil {
+		return remapExit(code, opts.Remap)
+	}
+
+	var status reaper.Status
+wait:
+	for {
+		select {
+		case sig := <-signals:
+			forward(log, child, sig.(unix.Signal), opts.Group)
+		case status = <-child.Done:
+			break wait
+		}
+	}
+	log.Debug("command exited", "pid", child.Pid, "status", status.String())
+
+	stopLeftovers(log, r, pid1, opts.Grace)
+	return remapExit(status.ExitCode(), opts.Remap)
+}
+
+// startCommand starts argv in its own process group, in the foreground of
+// the terminal when stdin is one. It returns nil and the exit code to use
+// when the command cannot be started.
+func startCommand(log *slog.Logger, r *reaper.Reaper, argv []string) (*reaper.Child, int) {
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		log.Error("the command cannot be run", "command", argv[0], "err", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return nil, ExitNotFound
+		}
+		return nil, ExitNotExecutable
+	}
+
+	cmd := &exec.Cmd{
+		Path:        path,
+		Args:        argv,
+		Stdin:       os.Stdin,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	if isTerminal(0) {
+		// The command's process group takes the terminal, so Ctrl-C
+		// reaches it as it would from a shell.
+		cmd.SysProcAttr.Foreground = true
+		cmd.SysProcAttr.Ctty = 0
+	}
+
+	child, err := r.Start(cmd)
+	if err != nil {
+		log.Error("starting the command failed", "command", path, "err", err)
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT) {
+			return nil, ExitNotFound
+		}
+		return nil, ExitNotExecutable
+	}
+	return child, 0
+}
+
+func isTerminal(fd int) bool {
+	_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	return err == nil
+}
+
+func forward(log *slog.Logger, child *reaper.Child, sig unix.Signal, group bool) {
+	var err error
+	if group {
+		err = unix.Kill(-child.Pid, sig)
+		if errors.Is(err, unix.ESRCH) {
+			err = nil
+		}
+	} else {
+		err = child.Signal(sig)
+	}
+	if err != nil {
+		log.Warn("forwarding a signal failed", "pid", child.Pid, "signal", unix.SignalName(sig), "err", err)
+	}
+}
+
+func remapExit(code int, remap map[int]int) int {
+	if to, ok := remap[code]; ok {
+		return to
+	}
+	return code
+}
+
+// stopLeftovers sends SIGTERM to every process the command left behind,
+// SIGKILL to those still there after grace, and waits until all are reaped.
+// As pid 1 that is every other process; as a subreaper, every descendant.
+func stopLeftovers(log *slog.Logger, r *reaper.Reaper, pid1 bool, grace time.Duration) {
+	signalAll := func(sig unix.Signal) int {
+		if pid1 {
+			// kill(-1) reaches every process but pid 1.
+			if err := unix.Kill(-1, sig); err != nil {
+				return 0
+			}
+			return 1
+		}
+		pids := descendants(os.Getpid())
+		for _, pid := range pids {
+			_ = unix.Kill(pid, sig)
+		}
+		return len(pids)
+	}
+
+	if signalAll(unix.SIGTERM) == 0 {
+		return
+	}
+	log.Debug("sent SIGTERM to the processes the command left behind", "grace", grace)
+	if waitGone(r, signalAll, grace) {
+		return
+	}
+	log.Warn("processes left behind by the command ignored SIGTERM; sending SIGKILL", "grace", grace)
+	signalAll(unix.SIGKILL)
+	waitGone(r, signalAll, 5*time.Second)
+}
+
+// waitGone reaps and polls until no process is left or timeout passes.
+func waitGone(r *reaper.Reaper, signalAll func(unix.Signal) int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		r.Reap()
+		if signalAll(0) == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// descendants returns the pids of every live process below pid, found by
+// following parent pids in /proc. Zombies are left out: they are the
+// reaper's.
+func descendants(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := make(map[int][]int)
+	for _, entry := range entries {
+		p, err := strconv.Atoi(entry.Name())
+		if err != nil {
+			continue
+		}
+		ppid, state, ok := readStat(p)
+		if !ok || state == 'Z' {
+			continue
+		}
+		children[ppid] = append(children[ppid], p)
+	}
+
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		next := queue[0]
+		queue = queue[1:]
+		for _, c := range children[next] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// readStat returns the parent pid and state of pid from /proc/PID/stat.
+func readStat(pid int) (int, byte, bool) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	// The command name in parentheses may contain spaces and parentheses,
+	// so the fields start after the last ')'.
+	end := strings.LastIndexByte(string(data), ')')
+	if end < 0 || end+4 > len(data) {
+		return 0, 0, false
+	}
+	fields := strings.Fields(string(data[end+2:]))
+	if len(fields) < 2 {
+		return 0, 0, false
+	}
+	ppid, err := strconv.Atoi(fields[1])
+	if err != nil {
+		return 0, 0, false
+	}
+	return ppid, fields[0][0], true
+}

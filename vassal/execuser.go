@@ -1,0 +1,113 @@
+package vassal
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Exit codes of exec-as-user when it cannot replace itself with the program.
+const (
+	ExitUserError     = 1
+	ExitNotExecutable = 126
+	ExitNotFound      = 127
+)
+
+// ExecError is a failure of [ExecAsUser] with the exit code to report.
+type ExecError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExecError) Error() string { return e.Err.Error() }
+func (e *ExecError) Unwrap() error { return e.Err }
+
+// ExecAsUserOptions configure [ExecAsUser].
+type ExecAsUserOptions struct {
+	// NoNewPrivs sets PR_SET_NO_NEW_PRIVS, so setuid binaries and file
+	// capabilities cannot raise the program's privileges again.
+	NoNewPrivs bool
+}
+
+// ExecAsUser switches to the user and group named by spec (USER, USER:GROUP,
+// by name or number) and replaces the process with argv, so no process of
+// fief stays behind. It returns only on failure, with an *ExecError.
+//
+// The user is resolved as for a vassal's uid and gid, with one difference
+// kept for compatibility with gosu: a numeric uid that has no passwd entry
+// and no explicit group keeps the caller's gid.
+func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
+	user, group, _ := strings.Cut(spec, ":")
+	creds, err := ResolveCredentials("/", user, group)
+	if err != nil {
+		return &ExecError{Code: ExitUserError, Err: fmt.Errorf("switching to %q: %w", spec, err)}
+	}
+	if creds.Name == "" && group == "" {
+		creds.GID = uint32(os.Getgid())
+		creds.Groups = []uint32{creds.GID}
+	}
+
+	env := dedupEnv(append(os.Environ(), creds.Env()...))
+	path, err := lookPath(argv[0], env)
+	if err != nil {
+		return &ExecError{Code: ExitNotFound, Err: err}
+	}
+	if err := unix.Access(path, unix.X_OK); err != nil {
+		code := ExitNotExecutable
+		if errors.Is(err, unix.ENOENT) {
+			code = ExitNotFound
+		}
+		return &ExecError{Code: code, Err: fmt.Errorf("program %q: %w", path, err)}
+	}
+
+	if err := switchUser(creds); err != nil {
+		return &ExecError{Code: ExitUserError, Err: err}
+	}
+
+	if opts.NoNewPrivs {
+		// prctl applies to the calling thread only; AllThreadsSyscall
+		// applies it to every thread of the Go runtime.
+		if _, _, errno := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); errno != 0 {
+			return &ExecError{Code: ExitUserError, Err: fmt.Errorf("setting no_new_privs: %w", errno)}
+		}
+	}
+
+	err = syscall.Exec(path, argv, env)
+	code := ExitNotExecutable
+	if errors.Is(err, syscall.ENOENT) {
+		code = ExitNotFound
+	}
+	return &ExecError{Code: code, Err: fmt.Errorf("executing %q: %w", path, err)}
+}
+
+// switchUser sets the supplementary groups, the gid and the uid, in that
+// order, on every thread: syscall's setters go through AllThreadsSyscall
+// when cgo is off, unlike unix.Setgroups, which changes one thread.
+func switchUser(creds *Credentials) error {
+	if os.Geteuid() != 0 {
+		if uint32(os.Getuid()) == creds.UID && uint32(os.Getgid()) == creds.GID {
+			return nil
+		}
+		return fmt.Errorf("switching to uid %d gid %d needs root, but fief runs as uid %d; run it as root or drop the user argument",
+			creds.UID, creds.GID, os.Getuid())
+	}
+
+	groups := make([]int, len(creds.Groups))
+	for i, g := range creds.Groups {
+		groups[i] = int(g)
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return fmt.Errorf("setting supplementary groups %v: %w", creds.Groups, err)
+	}
+	if err := syscall.Setgid(int(creds.GID)); err != nil {
+		return fmt.Errorf("setting gid %d: %w", creds.GID, err)
+	}
+	if err := syscall.Setuid(int(creds.UID)); err != nil {
+		return fmt.Errorf("setting uid %d: %w", creds.UID, err)
+	}
+	return nil
+}
