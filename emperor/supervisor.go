@@ -29,10 +29,10 @@ const (
 type snapshot struct {
 	hash [sha256.Size]byte
 	cfg  *vassal.Config // nil when err is set
-	err  error          // why the file is invalid
+	err  error          // the reason the file is invalid
 }
 
-// requests are what the emperor's loop asks of a supervisor.
+// requests are the pending orders from the emperor's loop to a supervisor.
 type requests struct {
 	update   *snapshot // the file's latest content, nil when unchanged
 	touched  bool      // the file got an event: reload, or retry a broken vassal
@@ -259,9 +259,9 @@ func (s *supervisor) stop(removed bool) {
 	s.stopChild()
 }
 
-// stopChild asks the vassal init to stop with SIGTERM. The init stops the
-// program within its stop-timeout and runs the atexit steps; if it is still
-// there after that and atexitAllowance, it gets SIGKILL.
+// stopChild sends SIGTERM to the vassal init, which stops the program within
+// its stop-timeout and runs the atexit steps. An init still running after
+// that time plus atexitAllowance gets SIGKILL.
 func (s *supervisor) stopChild() {
 	child := s.child
 	s.state = StateStopping
@@ -291,7 +291,7 @@ func (s *supervisor) stopChild() {
 	s.log.Info("vassal stopped", "pid", child.Pid, "status", st.String(), "took", time.Since(begin).Round(time.Millisecond))
 }
 
-// reloadChild asks the vassal init to restart its program inside the
+// reloadChild sends SIGHUP to the vassal init, which restarts its program inside the
 // existing namespaces.
 func (s *supervisor) reloadChild() {
 	s.log.Info("reloading vassal", "pid", s.child.Pid)

@@ -11,7 +11,8 @@ import (
 	"fief/mount"
 )
 
-// ConnectionsDir is where the FUSE control filesystem lists connections.
+// ConnectionsDir is the directory of the FUSE control filesystem, with one
+// subdirectory per connection.
 const ConnectionsDir = "/sys/fs/fuse/connections"
 
 // Control is an open FUSE control filesystem. It holds a directory

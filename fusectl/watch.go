@@ -1,7 +1,7 @@
-// Package fusectl starts and watches FUSE filesystems for a vassal: it waits
-// for a daemon's mount to appear, probes mounts without ever blocking the
-// caller, aborts hung connections through /sys/fs/fuse/connections, and gives
-// a vassal's user access to /dev/fuse inside the vassal's mount namespace.
+// Package fusectl watches the FUSE filesystems of a vassal. It waits for a
+// daemon's mount to appear and probes mounts without blocking the caller. It
+// aborts hung connections through /sys/fs/fuse/connections, and it gives a
+// vassal's user access to /dev/fuse inside the vassal's mount namespace.
 package fusectl
 
 import (

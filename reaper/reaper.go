@@ -1,13 +1,14 @@
 // Package reaper is the only code in fief that waits for child processes.
 //
 // One goroutine drains wait4(-1, WNOHANG) every time SIGCHLD arrives and
-// hands each status to whoever started that pid through [Reaper.Start]. A
+// sends each status to the caller that started that pid through
+// [Reaper.Start]. A
 // status for a pid nobody registered is an orphan that was re-parented to this
 // process (fief is pid 1 or a child subreaper); it is reaped and reported
 // through the function given to [New].
 //
 // Nothing else may call exec.Cmd.Wait, exec.Cmd.Run, os.Process.Wait or
-// wait4: since Go 1.23 os.Process.Wait uses waitid(P_PIDFD), and a wait4(-1)
+// wait4. Since Go 1.23 os.Process.Wait uses waitid(P_PIDFD), and a wait4(-1)
 // running at the same time steals the status and leaves Wait with ECHILD.
 package reaper
 
@@ -24,7 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Status is how a child ended.
+// Status is the wait status and resource usage of a child that ended.
 type Status struct {
 	Pid    int
 	Wait   unix.WaitStatus
@@ -69,7 +70,7 @@ type Child struct {
 
 	process *os.Process
 	// reaped is set before the process handle is released, so a signal
-	// that fails because of the release can be told from a real failure.
+	// that fails because of the release is not reported as an error.
 	reaped *atomic.Bool
 }
 

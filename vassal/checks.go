@@ -79,7 +79,7 @@ func (v *vassalInit) newMountCheck(c Check) (*mountCheck, error) {
 
 	if err := prober.Probe(c.Path, v.cfg.CheckTimeout); err != nil {
 		prober.Close()
-		return nil, fmt.Errorf("the mount does not answer: %w", err)
+		return nil, fmt.Errorf("the mount did not respond to statfs: %w", err)
 	}
 
 	v.log.Info("watching mount", "mount_point", c.Path, "fstype", info.FSType, "mount_id", info.ID,
@@ -166,7 +166,7 @@ func (v *vassalInit) watchMount(mc *mountChecks, check *mountCheck) {
 }
 
 // checkMount verifies that the mount found at start is still on the path
-// and answers statfs. A hung FUSE daemon's connection is aborted so that no
+// and responds to statfs. A hung FUSE daemon's connection is aborted so that no
 // process stays blocked on it.
 func (v *vassalInit) checkMount(check *mountCheck) error {
 	infos, err := v.readMounts()

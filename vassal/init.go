@@ -215,8 +215,8 @@ func (v *vassalInit) openMountinfo() (*os.File, error) {
 	return os.NewFile(uintptr(fd), "/proc/self/mountinfo"), nil
 }
 
-// readMounts reads the vassal's mount table. It never touches a FUSE
-// filesystem, so it cannot block on a hung daemon.
+// readMounts reads the vassal's mount table. The kernel builds it without
+// sending requests to FUSE daemons, so a hung daemon cannot block it.
 func (v *vassalInit) readMounts() ([]mount.Info, error) {
 	file, err := v.openMountinfo()
 	if err != nil {
@@ -233,7 +233,7 @@ func (v *vassalInit) forwardMountChanges() {
 	}
 }
 
-// trigger asks the mount checks to run now, without blocking.
+// trigger requests an immediate run of the mount checks, without blocking.
 func (v *vassalInit) trigger() {
 	select {
 	case v.triggers <- struct{}{}:

@@ -75,7 +75,7 @@ func CloneNames() []string {
 	return names
 }
 
-// SpawnOptions says how to start a vassal init.
+// SpawnOptions are the settings of a vassal init that [InitCommand] starts.
 type SpawnOptions struct {
 	// CloneFlags are the namespaces to create; RequiredCloneFlags are
 	// added when missing.
