@@ -291,8 +291,8 @@ func (s *supervisor) stopChild() {
 	s.log.Info("vassal stopped", "pid", child.Pid, "status", st.String(), "took", time.Since(begin).Round(time.Millisecond))
 }
 
-// reloadChild sends SIGHUP to the vassal init, which restarts its program inside the
-// existing namespaces.
+// reloadChild sends SIGHUP to the vassal init, which restarts its program
+// inside the existing namespaces.
 func (s *supervisor) reloadChild() {
 	s.log.Info("reloading vassal", "pid", s.child.Pid)
 	if err := s.child.Signal(unix.SIGHUP); err != nil {

@@ -17,8 +17,9 @@ import (
 //
 // /proc/PID/mountinfo signals POLLPRI|POLLERR after each mount and unmount in
 // that namespace. The watcher polls it on its own goroutine, so the blocking
-// poll(2) ties up one OS thread and never the caller. Reading mountinfo never
-// asks a FUSE daemon anything, so a hung daemon cannot stall it.
+// poll(2) ties up one OS thread and never the caller. The kernel builds
+// mountinfo without sending requests to FUSE daemons, so a hung daemon cannot
+// stall it.
 type MountWatcher struct {
 	mu          sync.Mutex
 	subscribers map[chan struct{}]struct{}
