@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"fief/fusectl"
 	"fief/mount"
 )
 
@@ -31,10 +32,19 @@ func (v *vassalInit) pivotRoot() error {
 	}
 
 	// pivot_root(2) moves every process whose root or working directory is
-	// the old root into the new one. A FUSE daemon that serves the new
-	// root would then resolve its own branches through its own mount and
-	// wait on itself for ever.
+	// the old root into the new one. A FUSE daemon serving the new root
+	// whose root is the old root would then resolve its branches by
+	// absolute path through its own mount and wait on itself for ever.
+	// Its working directory moving along is harmless when it uses absolute
+	// paths, as unionfs-fuse with chroot= does.
 	if isMount && newRoot.IsFUSE() {
+		// A daemon may set its root while it handles FUSE_INIT, after
+		// the mount is already visible; unionfs-fuse does so for
+		// chroot=. The kernel holds every request until INIT is
+		// answered, so an answered statfs means the daemon is done.
+		if err := v.probeAsMounter(newRoot, pr.New); err != nil {
+			return stepErr(fmt.Errorf("the FUSE filesystem of the new root did not respond: %w", err))
+		}
 		if err := v.checkDaemonRoots(); err != nil {
 			return stepErr(err)
 		}
@@ -50,8 +60,19 @@ func (v *vassalInit) pivotRoot() error {
 	return nil
 }
 
+// probeAsMounter runs one statfs on path with the credentials of the user
+// who made the mount, waiting at most fuse-mount-timeout.
+func (v *vassalInit) probeAsMounter(info mount.Info, path string) error {
+	prober, err := fusectl.NewProber(superOptionID(info, "user_id"), superOptionID(info, "group_id"))
+	if err != nil {
+		return err
+	}
+	defer prober.Close()
+	return prober.Probe(path, v.cfg.FuseMountTimeout)
+}
+
 // checkDaemonRoots returns an error naming every process that holds
-// /dev/fuse open and has the current root as its root or working directory.
+// /dev/fuse open and has the current root as its root.
 func (v *vassalInit) checkDaemonRoots() error {
 	entries, err := v.procDir.ReadDir(-1)
 	if err != nil {
@@ -70,14 +91,13 @@ func (v *vassalInit) checkDaemonRoots() error {
 		}
 		// readlink never reaches into a FUSE filesystem, unlike stat.
 		root, _ := os.Readlink(filepath.Join(proc, "root"))
-		cwd, _ := os.Readlink(filepath.Join(proc, "cwd"))
-		if root == "/" || cwd == "/" {
+		if root == "/" {
 			comm, _ := os.ReadFile(filepath.Join(proc, "comm"))
-			culprits = append(culprits, fmt.Sprintf("%s (pid %d in the vassal, root %q, cwd %q)", strings.TrimSpace(string(comm)), pid, root, cwd))
+			culprits = append(culprits, fmt.Sprintf("%s (pid %d in the vassal)", strings.TrimSpace(string(comm)), pid))
 		}
 	}
 	if len(culprits) > 0 {
-		return fmt.Errorf("pivot_root would move FUSE daemon %s into its own mount and deadlock; start it with its root elsewhere, e.g. unionfs-fuse -o chroot=DIR, and not from /", strings.Join(culprits, ", "))
+		return fmt.Errorf("pivot_root would move FUSE daemon %s, whose root is /, into its own mount and deadlock; start it with another root, e.g. unionfs-fuse -o chroot=DIR", strings.Join(culprits, ", "))
 	}
 	return nil
 }
