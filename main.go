@@ -84,7 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "fief %s: an emperor of vassals, each in its own mount and pid namespaces\n\nUsage:\n", version)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  fief %-48s %s\n", c.usage, c.summary)
+		fmt.Fprintf(w, "  fief %s\n      %s\n", c.usage, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun 'fief help COMMAND' or 'fief COMMAND --help' for the flags of a command.\n")
 }
@@ -96,8 +96,13 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	for _, c := range commands() {
 		if c.name == name {
 			fs.Usage = func() {
-				fmt.Fprintf(fs.Output(), "Usage: fief %s\n\n%s.\n\nFlags:\n", c.usage, capitalize(c.summary))
-				fs.PrintDefaults()
+				fmt.Fprintf(fs.Output(), "Usage: fief %s\n\n%s.\n", c.usage, capitalize(c.summary))
+				hasFlags := false
+				fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+				if hasFlags {
+					fmt.Fprintf(fs.Output(), "\nFlags:\n")
+					fs.PrintDefaults()
+				}
 			}
 		}
 	}
@@ -179,6 +184,11 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
+	if _, err := vassal.ParseCloneFlags(opts.UseClone); err != nil {
+		fmt.Fprintf(stderr, "fief emperor: %v\n", err)
+		return exitUsage
+	}
+
 	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
 	if err := emperor.Run(context.Background(), log, opts); err != nil {
 		log.Error("emperor failed", "err", err)
@@ -201,6 +211,11 @@ func runVassal(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() != 1 {
 		fmt.Fprintf(stderr, "fief vassal: give exactly one vassal file\n")
 		fs.Usage()
+		return exitUsage
+	}
+
+	if _, err := vassal.ParseCloneFlags(*useClone); err != nil {
+		fmt.Fprintf(stderr, "fief vassal: %v\n", err)
 		return exitUsage
 	}
 
@@ -296,7 +311,7 @@ func runVersion(args []string, stdout, stderr io.Writer) int {
 }
 
 func runHelp(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
 		printUsage(stdout)
 		return exitOK
 	}

@@ -58,37 +58,37 @@ func printPlan(w io.Writer, cfg *Config) {
 	if len(cfg.Unshare) > 0 {
 		namespaces += "," + strings.Join(cfg.Unshare, ",")
 	}
-	fmt.Fprintf(w, "  namespaces:   %s\n", namespaces)
+	fmt.Fprintf(w, "  namespaces:      %s\n", namespaces)
 
 	if cfg.UID != "" || cfg.GID != "" {
-		fmt.Fprintf(w, "  user:         uid=%q gid=%q (looked up in the vassal's root at start)\n", cfg.UID, cfg.GID)
+		fmt.Fprintf(w, "  user:            uid=%q gid=%q (looked up in the vassal's root at start)\n", cfg.UID, cfg.GID)
 	} else {
-		fmt.Fprintf(w, "  user:         root\n")
+		fmt.Fprintf(w, "  user:            root\n")
 	}
 
 	printPhase(w, cfg, PhasePreJail)
 	if cfg.PivotRoot != nil {
-		fmt.Fprintf(w, "  pivot_root:   line %d: into %s, old root at %s\n", cfg.PivotRoot.Line, cfg.PivotRoot.New, cfg.PivotRoot.Old)
+		fmt.Fprintf(w, "  pivot_root:      line %d: into %s, old root at %s\n", cfg.PivotRoot.Line, cfg.PivotRoot.New, cfg.PivotRoot.Old)
 	}
 	printPhase(w, cfg, PhaseAsRoot)
 	printPhase(w, cfg, PhaseAsUser)
 
 	switch {
 	case cfg.Exec != nil:
-		fmt.Fprintf(w, "  program:      line %d: %s\n", cfg.Exec.Line, quoteArgv(cfg.Exec.Argv))
+		fmt.Fprintf(w, "  program:         line %d: %s\n", cfg.Exec.Line, quoteArgv(cfg.Exec.Argv))
 	default:
-		fmt.Fprintf(w, "  program:      %s --ini <runtime dir>/uwsgi.ini with %d uWSGI option(s)\n", uwsgiProgram, len(cfg.UWSGIOptions))
+		fmt.Fprintf(w, "  program:         %s --ini <runtime dir>/uwsgi.ini with %d uWSGI option(s)\n", uwsgiProgram, len(cfg.UWSGIOptions))
 	}
 	if cfg.Chdir != "" {
-		fmt.Fprintf(w, "  chdir:        %s\n", cfg.Chdir)
+		fmt.Fprintf(w, "  chdir:           %s\n", cfg.Chdir)
 	}
 	for _, env := range cfg.Env {
-		fmt.Fprintf(w, "  env:          %s\n", env)
+		fmt.Fprintf(w, "  env:             %s\n", env)
 	}
 	for _, check := range cfg.MountpointChecks {
-		fmt.Fprintf(w, "  check:        line %d: %s every %v, timeout %v\n", check.Line, check.Path, cfg.CheckInterval, cfg.CheckTimeout)
+		fmt.Fprintf(w, "  check:           line %d: %s every %v, timeout %v\n", check.Line, check.Path, cfg.CheckInterval, cfg.CheckTimeout)
 	}
-	fmt.Fprintf(w, "  stop-timeout: %v\n", cfg.StopTimeout)
+	fmt.Fprintf(w, "  stop-timeout:    %v\n", cfg.StopTimeout)
 
 	printPhase(w, cfg, PhaseAsUserAtexit)
 	printPhase(w, cfg, PhaseAsRootAtexit)
@@ -98,9 +98,9 @@ func printPhase(w io.Writer, cfg *Config, phase Phase) {
 	for _, step := range cfg.Steps[phase] {
 		switch {
 		case step.Command != nil:
-			fmt.Fprintf(w, "  %-13s line %d: exec %s\n", string(phase)+":", step.Command.Line, quoteArgv(step.Command.Argv))
+			fmt.Fprintf(w, "  %-16s line %d: exec %s\n", string(phase)+":", step.Command.Line, quoteArgv(step.Command.Argv))
 		case step.Hook != nil:
-			fmt.Fprintf(w, "  %-13s line %d: hook %s\n", string(phase)+":", step.Hook.Line, step.Hook.Text)
+			fmt.Fprintf(w, "  %-16s line %d: hook %s\n", string(phase)+":", step.Hook.Line, step.Hook.Text)
 		}
 	}
 }

@@ -277,6 +277,9 @@ func (p *parser) apply(key string, info keyInfo, value string, line int) error {
 		}
 		hook.Line = line
 		phase := stepPhases[info.canonical]
+		if (hook.Action == "mount" || hook.Action == "umount") && (phase == PhaseAsUser || phase == PhaseAsUserAtexit) {
+			return invalid("%s runs after privileges are dropped, and %s needs root; use hook-as-root or hook-pre-jail", key, hook.Action)
+		}
 		cfg.Steps[phase] = append(cfg.Steps[phase], Step{Phase: phase, Hook: hook})
 
 	case "pivot-root":

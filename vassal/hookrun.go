@@ -147,13 +147,15 @@ func (v *vassalInit) runUmountHook(spec *MountSpec) error {
 	return mount.Unmount(spec.Target, flags)
 }
 
-// makeDir creates path and its parents; for an as-user phase the new
-// directory belongs to the vassal's user.
+// makeDir creates path and its parents. For an as-user phase a directory it
+// creates belongs to the vassal's user; an existing one is left as it is.
 func makeDir(path string, mode os.FileMode, creds *Credentials) error {
+	_, statErr := os.Lstat(path)
+	existed := statErr == nil
 	if err := os.MkdirAll(path, mode); err != nil {
 		return err
 	}
-	if creds != nil {
+	if creds != nil && !existed {
 		return os.Lchown(path, int(creds.UID), int(creds.GID))
 	}
 	return nil

@@ -32,6 +32,7 @@ func InitMain(args []string) int {
 	file := fs.String("file", "", "absolute path of the vassal file")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	newNet := fs.Bool("new-net", false, "the init runs in a new network namespace, whose loopback is down")
 	if err := fs.Parse(args); err != nil {
 		return ExitConfig
 	}
@@ -45,6 +46,8 @@ func InitMain(args []string) int {
 		}
 	}
 
+	// "pid" is the init's pid in the emperor's pid namespace; attributes
+	// ending in "_ns_pid" are pids inside the vassal's namespace.
 	logger := NewLogger(os.Stderr, *logFormat, *logLevel).With(
 		slog.String("vassal", filepath.Base(*file)),
 		slog.Int("pid", hostPid),
@@ -52,6 +55,7 @@ func InitMain(args []string) int {
 
 	v := &vassalInit{
 		file:     *file,
+		newNet:   *newNet,
 		log:      logger,
 		signals:  make(chan os.Signal, 8),
 		reloads:  make(chan struct{}, 1),
@@ -77,8 +81,9 @@ func NewLogger(w io.Writer, format, level string) *slog.Logger {
 
 // vassalInit is pid 1 of a vassal's pid namespace.
 type vassalInit struct {
-	file string
-	log  *slog.Logger
+	file   string
+	newNet bool
+	log    *slog.Logger
 
 	cfg     *Config
 	creds   *Credentials // nil when the vassal runs as root
@@ -105,10 +110,6 @@ type vassalInit struct {
 	// then.
 	ctx  context.Context
 	stop context.CancelFunc
-
-	// stepsDone counts start-up steps that succeeded; the atexit phases
-	// run only when there is something to undo.
-	stepsDone int
 
 	runtimeMounted bool
 }
@@ -137,6 +138,10 @@ func (v *vassalInit) run() int {
 		return ExitConfig
 	}
 	v.cfg = cfg
+	if cfg.Exec != nil && len(cfg.UWSGIOptions) > 0 {
+		v.log.Warn("the file sets exec, so its uWSGI application options are not used; remove exec to run uwsgi with them",
+			"first_option", cfg.UWSGIOptions[0].Key, "line", cfg.UWSGIOptions[0].Line)
+	}
 
 	return v.supervise()
 }
@@ -178,6 +183,14 @@ func (v *vassalInit) prepareNamespace() error {
 	// processes, and /proc/self/mountinfo is this namespace's mount table.
 	if err := mount.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mounting /proc for the vassal's pid namespace: %w", err)
+	}
+
+	// A new network namespace starts with lo down, and programs that
+	// listen on 127.0.0.1 need it up.
+	if v.newNet {
+		if err := bringLoopbackUp(); err != nil {
+			return err
+		}
 	}
 
 	procDir, err := os.Open("/proc")
@@ -244,7 +257,7 @@ func (v *vassalInit) trigger() {
 // onOrphan runs on the reaper's goroutine for every reaped process the init
 // did not start itself, such as a daemonized FUSE daemon.
 func (v *vassalInit) onOrphan(st reaper.Status) {
-	v.log.Debug("reaped orphan", "orphan_pid", st.Pid, "status", st.String())
+	v.log.Debug("reaped orphan", "orphan_ns_pid", st.Pid, "status", st.String())
 	v.trigger()
 }
 
@@ -308,7 +321,7 @@ func (v *vassalInit) loop(program *reaper.Child, checks *mountChecks) loopOutcom
 	for {
 		select {
 		case st := <-program.Done:
-			v.log.Error("program exited unexpectedly", "program_pid", st.Pid, "status", st.String())
+			v.log.Error("program exited unexpectedly", "program_ns_pid", st.Pid, "status", st.String())
 			return loopOutcome{code: ExitFailed}
 
 		case failure := <-checks.failures:
@@ -327,7 +340,7 @@ func (v *vassalInit) loop(program *reaper.Child, checks *mountChecks) loopOutcom
 
 		case sig := <-v.forwards:
 			if err := program.Signal(sig); err != nil {
-				v.log.Warn("forwarding a signal to the program failed", "program_pid", program.Pid, "signal", sig.String(), "err", err)
+				v.log.Warn("forwarding a signal to the program failed", "program_ns_pid", program.Pid, "signal", sig.String(), "err", err)
 			}
 		}
 	}
@@ -338,24 +351,24 @@ func (v *vassalInit) loop(program *reaper.Child, checks *mountChecks) loopOutcom
 func (v *vassalInit) stopProgram(program *reaper.Child, grace time.Duration) {
 	start := time.Now()
 	if err := program.Signal(unix.SIGTERM); err != nil {
-		v.log.Warn("sending SIGTERM to the program failed", "program_pid", program.Pid, "err", err)
+		v.log.Warn("sending SIGTERM to the program failed", "program_ns_pid", program.Pid, "err", err)
 	}
 
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
 	case st := <-program.Done:
-		v.log.Info("program stopped", "program_pid", program.Pid, "status", st.String(), "after", time.Since(start).Round(time.Millisecond))
+		v.log.Info("program stopped", "program_ns_pid", program.Pid, "status", st.String(), "after", time.Since(start).Round(time.Millisecond))
 		return
 	case <-timer.C:
 	}
 
-	v.log.Warn("program ignored SIGTERM; sending SIGKILL", "program_pid", program.Pid, "grace", grace)
+	v.log.Warn("program ignored SIGTERM; sending SIGKILL", "program_ns_pid", program.Pid, "grace", grace)
 	if err := program.Signal(unix.SIGKILL); err != nil {
-		v.log.Warn("sending SIGKILL to the program failed", "program_pid", program.Pid, "err", err)
+		v.log.Warn("sending SIGKILL to the program failed", "program_ns_pid", program.Pid, "err", err)
 	}
 	st := <-program.Done
-	v.log.Info("program killed", "program_pid", program.Pid, "status", st.String())
+	v.log.Info("program killed", "program_ns_pid", program.Pid, "status", st.String())
 }
 
 // tearDown runs the atexit phases and returns the init's exit code. The

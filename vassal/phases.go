@@ -185,16 +185,15 @@ func (v *vassalInit) runPhase(phase Phase, creds *Credentials) error {
 		if err != nil {
 			return &StepError{File: v.cfg.File, Line: line, Phase: phase, Text: text, Err: err}
 		}
-		v.stepsDone++
 	}
 	return nil
 }
 
 // runAtexit runs the atexit phases, logging failures and going on, so that
-// a FUSE filesystem that writes on unmount keeps its data. It does nothing
-// when no start-up step ran.
+// a FUSE filesystem that writes on unmount keeps its data. They run on every
+// stop once the vassal file was read, also after a failed start.
 func (v *vassalInit) runAtexit() {
-	if v.cfg == nil || v.stepsDone == 0 {
+	if v.cfg == nil {
 		return
 	}
 	for _, phase := range []Phase{PhaseAsUserAtexit, PhaseAsRootAtexit} {
@@ -340,7 +339,7 @@ func (v *vassalInit) runCommand(phase Phase, argv []string, creds *Credentials) 
 	if err != nil {
 		return err
 	}
-	v.log.Debug("running step", "phase", string(phase), "step_pid", child.Pid, "argv", argv)
+	v.log.Debug("running step", "phase", string(phase), "step_ns_pid", child.Pid, "argv", argv)
 
 	select {
 	case st := <-child.Done:
@@ -376,7 +375,7 @@ func (v *vassalInit) runCommandUnstoppable(phase Phase, argv []string, creds *Cr
 	if err != nil {
 		return err
 	}
-	v.log.Debug("running step", "phase", string(phase), "step_pid", child.Pid, "argv", argv)
+	v.log.Debug("running step", "phase", string(phase), "step_ns_pid", child.Pid, "argv", argv)
 	if st := <-child.Done; !st.Success() {
 		return errors.New(st.String())
 	}
@@ -401,7 +400,7 @@ func (v *vassalInit) startProgram() (*reaper.Child, error) {
 	if err != nil {
 		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: strings.Join(argv, " "), Err: err}
 	}
-	v.log.Info("program started", "program_pid", child.Pid, "argv", argv)
+	v.log.Info("program started", "program_ns_pid", child.Pid, "argv", argv)
 	return child, nil
 }
 

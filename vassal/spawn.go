@@ -98,6 +98,9 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 	}
 
 	args := []string{InitArg0, "--file", abs}
+	if (opts.CloneFlags|RequiredCloneFlags)&unix.CLONE_NEWNET != 0 {
+		args = append(args, "--new-net")
+	}
 	if opts.LogFormat != "" {
 		args = append(args, "--log-format", opts.LogFormat)
 	}
