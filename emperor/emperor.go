@@ -12,13 +12,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"fief/fusectl"
 	initd "fief/init"
+	"fief/mount"
 	"fief/reaper"
 	"fief/vassal"
 )
@@ -52,6 +55,9 @@ type Emperor struct {
 	vassals map[string]*supervisor
 	retired chan *supervisor
 	ignored map[string]bool
+
+	controlMu sync.Mutex
+	control   *fusectl.Control
 }
 
 // Run supervises opts.Dir until ctx ends or SIGTERM or SIGINT arrives, then
@@ -260,6 +266,27 @@ func (e *Emperor) read(path string) (*snapshot, bool) {
 	snap := &snapshot{hash: sha256.Sum256(data)}
 	snap.cfg, snap.err = vassal.Parse(path, data, vassal.ParseOptions{})
 	return snap, true
+}
+
+// abortFUSE aborts every FUSE connection in the mount namespace of pid. The
+// FUSE control filesystem is opened on first use and mounted when missing.
+func (e *Emperor) abortFUSE(pid int) ([]uint32, error) {
+	e.controlMu.Lock()
+	defer e.controlMu.Unlock()
+	if e.control == nil {
+		control, err := fusectl.OpenControl(func() ([]mount.Info, error) {
+			return mount.ReadMountinfo("/proc/self/mountinfo")
+		})
+		if err != nil {
+			return nil, err
+		}
+		e.control = control
+	}
+	infos, err := mount.ReadMountinfo("/proc/" + strconv.Itoa(pid) + "/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	return e.control.AbortAll(infos)
 }
 
 // shutdown stops every vassal in parallel and waits for all of them.

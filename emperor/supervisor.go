@@ -16,6 +16,12 @@ import (
 // steps after the program's stop-timeout before it sends SIGKILL.
 const atexitAllowance = 15 * time.Second
 
+// killGrace is how long a vassal init may take to end after SIGKILL before
+// the emperor aborts its FUSE connections. An init whose pid namespace holds
+// a process waiting on a request that a hung daemon has read cannot finish
+// exiting until that connection is aborted.
+const killGrace = 2 * time.Second
+
 // Vassal states, as fief status shows them.
 const (
 	StateStarting = "starting"
@@ -283,12 +289,31 @@ func (s *supervisor) stopChild() {
 	case st = <-child.Done:
 	case <-timer.C:
 		s.log.Warn("vassal init did not stop in time; sending SIGKILL", "pid", child.Pid, "waited", time.Since(begin).Round(time.Millisecond))
-		_ = child.Signal(unix.SIGKILL)
-		st = <-child.Done
+		st = s.kill(child)
 	}
 
 	s.child = nil
 	s.log.Info("vassal stopped", "pid", child.Pid, "status", st.String(), "took", time.Since(begin).Round(time.Millisecond))
+}
+
+// kill sends SIGKILL to the vassal init and waits for it. When it has not
+// ended after killGrace, the FUSE connections of its mount namespace are
+// aborted so that nothing in it stays blocked in the kernel.
+func (s *supervisor) kill(child *reaper.Child) reaper.Status {
+	_ = child.Signal(unix.SIGKILL)
+	select {
+	case st := <-child.Done:
+		return st
+	case <-time.After(killGrace):
+	}
+
+	aborted, err := s.e.abortFUSE(child.Pid)
+	if err != nil {
+		s.log.Error("aborting the FUSE connections of a vassal init stuck after SIGKILL failed", "pid", child.Pid, "err", err)
+	} else {
+		s.log.Warn("vassal init stuck after SIGKILL; aborted its FUSE connections", "pid", child.Pid, "connections", aborted)
+	}
+	return <-child.Done
 }
 
 // reloadChild sends SIGHUP to the vassal init, which restarts its program

@@ -367,8 +367,40 @@ func (v *vassalInit) stopProgram(program *reaper.Child, grace time.Duration) {
 	if err := program.Signal(unix.SIGKILL); err != nil {
 		v.log.Warn("sending SIGKILL to the program failed", "program_ns_pid", program.Pid, "err", err)
 	}
-	st := <-program.Done
+
+	var st reaper.Status
+	select {
+	case st = <-program.Done:
+	case <-time.After(killGrace):
+		// SIGKILL cannot end a process that waits on a request a hung
+		// FUSE daemon has already read; aborting the connection can.
+		v.abortAllFUSE()
+		st = <-program.Done
+	}
 	v.log.Info("program killed", "program_ns_pid", program.Pid, "status", st.String())
+}
+
+// killGrace is how long a process may take to end after SIGKILL before the
+// vassal's FUSE connections are aborted.
+const killGrace = 2 * time.Second
+
+// abortAllFUSE aborts every FUSE connection of the vassal's mount namespace.
+func (v *vassalInit) abortAllFUSE() {
+	if v.control == nil {
+		v.log.Error("a process is stuck after SIGKILL, and without the FUSE control filesystem its FUSE connections cannot be aborted")
+		return
+	}
+	infos, err := v.readMounts()
+	if err != nil {
+		v.log.Error("reading the vassal's mount table failed", "err", err)
+		return
+	}
+	aborted, err := v.control.AbortAll(infos)
+	if err != nil {
+		v.log.Error("aborting the vassal's FUSE connections failed", "err", err)
+		return
+	}
+	v.log.Warn("a process was stuck after SIGKILL; aborted the vassal's FUSE connections", "connections", aborted)
 }
 
 // tearDown runs the atexit phases and returns the init's exit code. The
