@@ -30,6 +30,11 @@ import (
 // before acting, so that a write followed by a chmod acts once.
 const debounce = 5 * time.Millisecond
 
+// createWait is how long the emperor waits for a newly created file to be
+// closed after writing before it reads the file anyway. A file created by
+// rename or hard link gets no close event.
+const createWait = 40 * time.Millisecond
+
 // Options configure an emperor.
 type Options struct {
 	// Dir is the vassal directory.
@@ -140,7 +145,7 @@ func cloneList(flags uintptr) []string {
 }
 
 func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-chan os.Signal) error {
-	pending := make(map[string]uint32)
+	pending := make(map[string]*pendingEvents)
 	var flush <-chan time.Time
 
 	for {
@@ -172,7 +177,12 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 				e.log.Error("vassal directory was removed or moved; stopping its vassals", "dir", e.dir)
 				return fmt.Errorf("vassal directory %q was removed or moved", e.dir)
 			default:
-				pending[ev.name] |= ev.mask
+				p := pending[ev.name]
+				if p == nil {
+					p = &pendingEvents{first: time.Now()}
+					pending[ev.name] = p
+				}
+				p.mask |= ev.mask
 				if flush == nil {
 					flush = time.After(debounce)
 				}
@@ -180,10 +190,16 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 
 		case <-flush:
 			flush = nil
-			for name := range pending {
+			for name, p := range pending {
+				if p.beingWritten() {
+					continue
+				}
 				e.sync(name, true)
+				delete(pending, name)
 			}
-			clear(pending)
+			if len(pending) > 0 {
+				flush = time.After(debounce)
+			}
 
 		case s := <-e.retired:
 			if e.vassals[s.name] == s {
@@ -193,6 +209,19 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 			e.sync(s.name, false)
 		}
 	}
+}
+
+// pendingEvents are the inotify events of one file name not acted on yet.
+type pendingEvents struct {
+	mask  uint32
+	first time.Time
+}
+
+// beingWritten reports whether the file was created and not closed yet, for
+// less than createWait: reading it now could see half of its content.
+func (p *pendingEvents) beingWritten() bool {
+	settled := unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_DELETE | unix.IN_MOVED_FROM
+	return p.mask&unix.IN_CREATE != 0 && p.mask&uint32(settled) == 0 && time.Since(p.first) < createWait
 }
 
 // rescan syncs every file in the directory and every known vassal.

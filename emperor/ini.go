@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"fief/vassal"
 )
 
 // Settings are the emperor settings read from a uWSGI-style ini file.
@@ -57,6 +59,9 @@ func LoadIni(path string) (Settings, error) {
 			}
 			s.Dir = value
 		case "emperor-use-clone":
+			if _, err := vassal.ParseCloneFlags(value); err != nil {
+				return Settings{}, fmt.Errorf("%s:%d: %w", path, line, err)
+			}
 			s.UseClone = value
 		default:
 			return Settings{}, fmt.Errorf("%s:%d: unknown emperor key %q; fief reads emperor and emperor-use-clone", path, line, key)

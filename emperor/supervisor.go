@@ -22,6 +22,10 @@ const atexitAllowance = 15 * time.Second
 // exiting until that connection is aborted.
 const killGrace = 2 * time.Second
 
+// resendInterval is how often SIGTERM is sent again to a vassal init that
+// has not exited yet.
+const resendInterval = 100 * time.Millisecond
+
 // Vassal states, as fief status shows them.
 const (
 	StateStarting = "starting"
@@ -87,6 +91,7 @@ type supervisor struct {
 	done chan struct{}
 
 	snap     *snapshot
+	running  *snapshot // the snapshot child was started with
 	child    *reaper.Child
 	started  time.Time
 	deaths   int // unrequested quick deaths in a row
@@ -224,6 +229,7 @@ func (s *supervisor) start() {
 	}
 
 	s.started = time.Now()
+	s.running = s.snap
 	s.state = StateRunning
 	s.log.Info("vassal started", "pid", s.child.Pid, "restarts", s.restarts)
 }
@@ -266,30 +272,44 @@ func (s *supervisor) stop(removed bool) {
 }
 
 // stopChild sends SIGTERM to the vassal init, which stops the program within
-// its stop-timeout and runs the atexit steps. An init still running after
-// that time plus atexitAllowance gets SIGKILL.
+// the stop-timeout of the file it was started with and runs the atexit
+// steps. An init still running after that time plus atexitAllowance gets
+// SIGKILL.
 func (s *supervisor) stopChild() {
 	child := s.child
 	s.state = StateStopping
 	begin := time.Now()
 
-	if err := child.Signal(unix.SIGTERM); err != nil {
-		s.log.Warn("sending SIGTERM to the vassal init failed", "pid", child.Pid, "err", err)
-	}
-
 	grace := vassal.DefaultStopTimeout
-	if s.snap.cfg != nil {
-		grace = s.snap.cfg.StopTimeout
+	if s.running != nil && s.running.cfg != nil {
+		grace = s.running.cfg.StopTimeout
 	}
 	timer := time.NewTimer(grace + atexitAllowance)
 	defer timer.Stop()
 
+	// The kernel drops signals to the init of a pid namespace that has no
+	// handler for them, and a freshly spawned init installs its handlers
+	// only once the Go runtime is up. SIGTERM is therefore sent again until
+	// the init exits; the init acts on the first one it receives.
+	resend := time.NewTicker(resendInterval)
+	defer resend.Stop()
+	if err := child.Signal(unix.SIGTERM); err != nil {
+		s.log.Warn("sending SIGTERM to the vassal init failed", "pid", child.Pid, "err", err)
+	}
+
 	var st reaper.Status
-	select {
-	case st = <-child.Done:
-	case <-timer.C:
-		s.log.Warn("vassal init did not stop in time; sending SIGKILL", "pid", child.Pid, "waited", time.Since(begin).Round(time.Millisecond))
-		st = s.kill(child)
+wait:
+	for {
+		select {
+		case st = <-child.Done:
+			break wait
+		case <-resend.C:
+			_ = child.Signal(unix.SIGTERM)
+		case <-timer.C:
+			s.log.Warn("vassal init did not stop in time; sending SIGKILL", "pid", child.Pid, "waited", time.Since(begin).Round(time.Millisecond))
+			st = s.kill(child)
+			break wait
+		}
 	}
 
 	s.child = nil

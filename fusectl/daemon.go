@@ -49,6 +49,11 @@ func DaemonMountPoint(argv []string) (string, bool) {
 	if !strings.Contains(name, "fuse") && !knownDaemons[name] {
 		return "", false
 	}
+	// fusermount mounts nothing by itself: it unmounts, or serves a
+	// daemon that calls it.
+	if strings.HasPrefix(name, "fusermount") {
+		return "", false
+	}
 
 	args := argv[1:]
 	if name == "rclone" {

@@ -17,6 +17,8 @@ func TestDaemonMountPoint(t *testing.T) {
 		{[]string{"rclone", "mount", "remote:bucket", "/mnt/b"}, "/mnt/b", true},
 		{[]string{"rclone", "sync", "a", "/b"}, "", false},
 		{[]string{"busybox", "httpd", "-f", "/app"}, "", false},
+		{[]string{"fusermount", "-u", "/app"}, "", false},
+		{[]string{"/bin/fusermount3", "-uz", "/app"}, "", false},
 		{[]string{"fuse-zip", "relative/mnt"}, "", false},
 		{[]string{"fuse-zip"}, "", false},
 		{nil, "", false},

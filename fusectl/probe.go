@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -11,7 +12,10 @@ import (
 
 // ErrProbeTimeout means statfs on a FUSE mount did not return in time: the
 // daemon is alive but does not answer.
-var ErrProbeTimeout = errors.New("FUSE daemon did not answer statfs in time")
+var ErrProbeTimeout = errors.New("FUSE daemon did not respond to statfs in time")
+
+// ErrProberClosed means the probe was requested after [Prober.Close].
+var ErrProberClosed = errors.New("prober closed")
 
 // Prober runs statfs on one mount from a dedicated OS thread that carries the
 // credentials of the user who mounted it.
@@ -24,8 +28,10 @@ var ErrProbeTimeout = errors.New("FUSE daemon did not answer statfs in time")
 // only the calling thread, and stays locked to the probing goroutine so no
 // other goroutine ever runs with those ids.
 type Prober struct {
-	requests chan probeRequest
-	busy     chan struct{}
+	requests  chan probeRequest
+	busy      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 type probeRequest struct {
@@ -42,6 +48,7 @@ func NewProber(uid, gid uint32) (*Prober, error) {
 		// daemon pins its thread until the connection is aborted, and
 		// stacking more would pin more threads.
 		busy: make(chan struct{}, 1),
+		done: make(chan struct{}),
 	}
 
 	started := make(chan error, 1)
@@ -69,7 +76,14 @@ func (p *Prober) loop(uid, gid uint32, started chan<- error) {
 	}
 	started <- nil
 
-	for req := range p.requests {
+	for {
+		var req probeRequest
+		select {
+		case req = <-p.requests:
+		case <-p.done:
+			return
+		}
+
 		var st unix.Statfs_t
 		var err error
 		for {
@@ -78,8 +92,10 @@ func (p *Prober) loop(uid, gid uint32, started chan<- error) {
 				break
 			}
 		}
-		req.result <- err
+		// Free the slot before handing out the result, so a probe that
+		// follows at once finds the thread idle.
 		<-p.busy
+		req.result <- err
 	}
 }
 
@@ -89,13 +105,24 @@ func (p *Prober) loop(uid, gid uint32, started chan<- error) {
 // ErrProbeTimeout at once without starting another.
 func (p *Prober) Probe(path string, timeout time.Duration) error {
 	select {
+	case <-p.done:
+		return fmt.Errorf("probing %q: %w", path, ErrProberClosed)
+	default:
+	}
+
+	select {
 	case p.busy <- struct{}{}:
 	default:
 		return fmt.Errorf("probing %q: %w (an earlier probe is still waiting)", path, ErrProbeTimeout)
 	}
 
 	req := probeRequest{path: path, result: make(chan error, 1)}
-	p.requests <- req
+	select {
+	case p.requests <- req:
+	case <-p.done:
+		<-p.busy
+		return fmt.Errorf("probing %q: %w", path, ErrProberClosed)
+	}
 
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
@@ -111,6 +138,7 @@ func (p *Prober) Probe(path string, timeout time.Duration) error {
 }
 
 // Close ends the probing thread once its current probe, if any, returns.
+// Probes requested after Close fail with [ErrProberClosed].
 func (p *Prober) Close() {
-	close(p.requests)
+	p.closeOnce.Do(func() { close(p.done) })
 }

@@ -45,6 +45,11 @@ func expandPaths(paths []string, stderr io.Writer, ok *bool) []string {
 			*ok = false
 			continue
 		}
+		if len(matches) == 0 {
+			fmt.Fprintf(stderr, "%s: no vassal files (*.ini) to check\n", path)
+			*ok = false
+			continue
+		}
 		sort.Strings(matches)
 		files = append(files, matches...)
 	}

@@ -153,8 +153,12 @@ func (v *vassalInit) dispatchSignals() {
 	for sig := range v.signals {
 		switch sig {
 		case unix.SIGTERM, unix.SIGINT, unix.SIGQUIT:
-			v.log.Info("stop requested", "signal", unix.SignalName(sig.(unix.Signal)))
-			v.stop()
+			// The emperor repeats SIGTERM until the init exits; only the
+			// first one counts.
+			if v.ctx.Err() == nil {
+				v.log.Info("stop requested", "signal", unix.SignalName(sig.(unix.Signal)))
+				v.stop()
+			}
 		case unix.SIGHUP:
 			select {
 			case v.reloads <- struct{}{}:
@@ -268,19 +272,21 @@ func (v *vassalInit) supervise() int {
 		return v.abortStart(err)
 	}
 
-	checks, err := v.startChecks()
-	if err != nil {
-		return v.abortStart(err)
-	}
-	defer checks.close()
-
 	for {
+		// The checks start anew after each reload, since a reload may
+		// unmount and mount a checked path again.
+		checks, err := v.startChecks()
+		if err != nil {
+			return v.abortStart(err)
+		}
 		program, err := v.startProgram()
 		if err != nil {
+			checks.close()
 			return v.abortStart(err)
 		}
 
 		outcome := v.loop(program, checks)
+		checks.close()
 		if outcome.reload {
 			if err := v.reload(); err != nil {
 				return v.abortStart(err)
