@@ -1,0 +1,292 @@
+// Command bench measures the fief emperor side by side with the uWSGI
+// Emperor on the setup of uWSGI's FUSE tutorial. Each vassal mounts a zip
+// file with fuse-zip in its own mount and pid namespaces and serves an app
+// from it on a loopback port. The emperor respawns it when the fuse-zip
+// daemon dies.
+//
+// It measures spawn, recovery and stop times of one vassal, the start and
+// stop of many vassals at once, and the RSS of the emperor and the vassal,
+// and prints a Markdown table with medians, maxima, ratios and targets.
+// bench/run.sh runs it; it needs root.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config holds the command-line settings.
+type config struct {
+	fiefPath   string
+	uwsgiPath  string
+	runs       int
+	vassals    int
+	portBase   int
+	sideKeys   []string
+	fuseStep   string
+	resultsDir string
+}
+
+// emperorStopTimeout is how long an emperor may take to exit after its stop
+// signal once its vassals are gone.
+const emperorStopTimeout = 40 * time.Second
+
+func main() {
+	os.Exit(run())
+}
+
+func parseFlags() (*config, error) {
+	cfg := &config{}
+	var sideList string
+	flag.StringVar(&cfg.fiefPath, "fief", "./fief", "path of the fief binary")
+	flag.StringVar(&cfg.uwsgiPath, "uwsgi", "uwsgi", "uWSGI binary, a path or a name looked up in PATH")
+	flag.IntVar(&cfg.runs, "runs", 5, "repetitions of each measurement")
+	flag.IntVar(&cfg.vassals, "vassals", 20, "number of vassals started at once")
+	flag.IntVar(&cfg.portBase, "port-base", 28100, "first loopback TCP port to try for the vassals")
+	flag.StringVar(&sideList, "sides", "uwsgi,fief-busybox,fief-uwsgi", "comma-separated setups to measure: uwsgi, fief-busybox, fief-uwsgi")
+	flag.StringVar(&cfg.fuseStep, "fuse-step", "exec-pre-jail", "vassal key that runs fuse-zip: exec-pre-jail or exec-as-user")
+	flag.StringVar(&cfg.resultsDir, "results", "bench/results", "directory for the results file and the emperor logs; empty to write none")
+	flag.Parse()
+
+	if flag.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q: bench takes flags only", flag.Args())
+	}
+	if cfg.runs < 1 || cfg.vassals < 1 {
+		return nil, errors.New("-runs and -vassals must be at least 1")
+	}
+	if cfg.portBase < 1024 || cfg.portBase > 65000 {
+		return nil, fmt.Errorf("invalid -port-base %d: use a port between 1024 and 65000", cfg.portBase)
+	}
+	if cfg.fuseStep != "exec-pre-jail" && cfg.fuseStep != "exec-as-user" {
+		return nil, fmt.Errorf("invalid -fuse-step %q: use exec-pre-jail or exec-as-user", cfg.fuseStep)
+	}
+
+	known := sides()
+	for key := range strings.SplitSeq(sideList, ",") {
+		key = strings.TrimSpace(key)
+		if !slices.ContainsFunc(known, func(s *side) bool { return s.key == key }) {
+			return nil, fmt.Errorf("unknown side %q in -sides: use uwsgi, fief-busybox or fief-uwsgi", key)
+		}
+		cfg.sideKeys = append(cfg.sideKeys, key)
+	}
+
+	var err error
+	if cfg.fiefPath, err = filepath.Abs(cfg.fiefPath); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(cfg.fiefPath); err != nil {
+		return nil, fmt.Errorf("fief binary not found: %w; run make build", err)
+	}
+	if cfg.uwsgiPath, err = exec.LookPath(cfg.uwsgiPath); err != nil {
+		return nil, fmt.Errorf("uWSGI not found: %w; install the Debian packages uwsgi-core and uwsgi-plugin-psgi", err)
+	}
+	for _, tool := range []string{"fuse-zip", "busybox"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("%s not found in PATH: %w; run make bench-deps", tool, err)
+		}
+	}
+	return cfg, nil
+}
+
+func run() int {
+	cfg, err := parseFlags()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		return 2
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: must run as root: vassals need new mount and pid namespaces and FUSE mounts")
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	began := time.Now()
+	machine := describeMachine(cfg)
+	ws, err := newWorkspace(cfg.portBase)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		if ws != nil {
+			reportProblems(ws.cleanup())
+		}
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "bench: workspace %s\n", ws.root)
+
+	var results []*sideResult
+	for _, s := range sides() {
+		if !slices.Contains(cfg.sideKeys, s.key) {
+			continue
+		}
+		results = append(results, runSide(ctx, cfg, ws, s))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+
+	stamp := began.UTC().Format("20060102-150405")
+	logCopy := ""
+	if cfg.resultsDir != "" {
+		logCopy = filepath.Join(cfg.resultsDir, "bench-"+stamp+"-logs")
+		if err := copyDir(ws.logs, logCopy); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: copying the emperor logs failed: %v\n", err)
+			logCopy = ""
+		}
+	}
+	problems := ws.cleanup()
+	reportProblems(problems)
+
+	report := renderReport(cfg, began, machine, results, problems, logCopy)
+	fmt.Print(report)
+	if cfg.resultsDir != "" {
+		path := filepath.Join(cfg.resultsDir, "bench-"+stamp+".md")
+		if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: writing %s failed: %v\n", path, err)
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: results written to %s\n", path)
+		}
+	}
+
+	failed := ctx.Err() != nil || len(problems) > 0
+	for _, r := range results {
+		failed = failed || r.failed()
+	}
+	if failed {
+		fmt.Fprintln(os.Stderr, "bench: some measurements failed or left something behind; see above")
+		return 1
+	}
+	return 0
+}
+
+// runSide starts the side's emperor on an empty directory, runs every
+// measurement cfg.runs times and stops the emperor.
+func runSide(ctx context.Context, cfg *config, ws *workspace, s *side) *sideResult {
+	result := newSideResult(s)
+	fmt.Fprintf(os.Stderr, "bench: %s: starting the emperor\n", s.key)
+	emp, err := startEmperor(cfg, ws, s)
+	if err != nil {
+		result.fail(metricSetup, err.Error())
+		fmt.Fprintf(os.Stderr, "bench: %s: %v\n", s.key, err)
+		if emp != nil {
+			_ = emp.stop(emperorStopTimeout)
+		}
+		return result
+	}
+
+	r := &sideRun{cfg: cfg, ws: ws, side: s, emp: emp, result: result}
+	for run := 1; run <= cfg.runs && ctx.Err() == nil; run++ {
+		if err := r.measureOne(ctx, run); err != nil && ctx.Err() == nil {
+			r.fail(metricSetup, run, err)
+		}
+	}
+	for run := 1; run <= cfg.runs && ctx.Err() == nil; run++ {
+		if err := r.measureMany(ctx, run); err != nil && ctx.Err() == nil {
+			r.fail(metricSetup, run, err)
+		}
+	}
+
+	// Memory that the emperor keeps after many vassals came and went.
+	if ctx.Err() == nil {
+		if rss, err := rssBytes(emp.pid); err == nil {
+			r.record(metricEndEmperorRSS, cfg.runs, float64(rss))
+		} else {
+			r.fail(metricEndEmperorRSS, cfg.runs, err)
+		}
+	}
+
+	if err := emp.stop(emperorStopTimeout); err != nil {
+		result.fail(metricSetup, err.Error())
+	}
+	fmt.Fprintf(os.Stderr, "bench: %s: emperor stopped\n", s.key)
+
+	// Each fuse-zip kill should cause exactly one respawn. More deaths
+	// mean that some times above include unplanned respawns.
+	deaths, err := emp.vassalDeaths()
+	if err != nil {
+		result.fail(metricSetup, err.Error())
+	}
+	result.deaths, result.kills = deaths, r.kills
+	if deaths != r.kills {
+		fmt.Fprintf(os.Stderr, "bench: %s: WARNING: the emperor log reports %d vassal deaths with respawn, but the benchmark killed fuse-zip %d times\n",
+			s.key, deaths, r.kills)
+	}
+	return result
+}
+
+func reportProblems(problems []string) {
+	for _, problem := range problems {
+		fmt.Fprintf(os.Stderr, "bench: clean-up: %s\n", problem)
+	}
+}
+
+// renderReport returns the Markdown report of a run.
+func renderReport(cfg *config, began time.Time, machine string, results []*sideResult, problems []string, logCopy string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# fief and uWSGI Emperor benchmark, %s\n\n", began.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b, "Harness arguments: %s\n\n", strings.Join(os.Args[1:], " "))
+	b.WriteString(machine)
+	fmt.Fprintf(&b, "- runs per measurement: %d; vassals started at once: %d; FUSE step key: %s; fuse-zip runs as root\n\n",
+		cfg.runs, cfg.vassals, cfg.fuseStep)
+
+	b.WriteString(renderTable(cfg, results))
+	b.WriteString("\nTargets are judged on the median. Ratios are fief's median over uWSGI's.\n\n")
+	for _, r := range results {
+		fmt.Fprintf(&b, "- %s: the emperor log reports %d vassal deaths with respawn; the benchmark killed fuse-zip %d times", r.side.title, r.deaths, r.kills)
+		if r.deaths != r.kills {
+			b.WriteString(" (WARNING: unplanned respawns)")
+		}
+		b.WriteString("\n")
+	}
+
+	b.WriteString("\n```\n")
+	b.WriteString(renderRaw(results))
+	b.WriteString("```\n")
+
+	if len(problems) > 0 {
+		b.WriteString("\nClean-up problems:\n\n")
+		for _, problem := range problems {
+			fmt.Fprintf(&b, "- %s\n", problem)
+		}
+	} else {
+		b.WriteString("\nClean-up: every emperor exited; no process and no mount was left under the workspace, and it was removed.\n")
+	}
+	if logCopy != "" {
+		fmt.Fprintf(&b, "\nEmperor logs: %s\n", logCopy)
+	}
+	return b.String()
+}
+
+// copyDir copies the regular files of src into a new directory dst.
+func copyDir(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, entry := range entries {
+		if !entry.Type().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(src, entry.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dst, entry.Name()), data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,38 @@
+#!/bin/sh
+# Runs the side-by-side benchmark of fief and the uWSGI Emperor (bench/*.go)
+# and prints the results table. BENCHMARKS.md describes the method.
+# Needs root and the Debian packages that "make bench-deps" installs.
+# Arguments go to the harness, e.g. ./bench/run.sh -runs 3 -sides uwsgi.
+set -eu
+cd "$(dirname "$0")/.."
+
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+	PATH=$PATH:/usr/local/go/bin
+fi
+
+if [ "$(id -u)" != 0 ]; then
+	echo "bench: must run as root: vassals need new mount and pid namespaces and FUSE mounts" >&2
+	exit 1
+fi
+
+missing=""
+for tool in go uwsgi fuse-zip busybox; do
+	command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+# Debian's uwsgi-core loads plugins from this directory.
+[ -f /usr/lib/uwsgi/plugins/psgi_plugin.so ] || missing="$missing psgi_plugin.so"
+if [ -n "$missing" ]; then
+	echo "bench: missing:$missing; run 'make bench-deps' (Debian packages uwsgi-core, uwsgi-plugin-psgi, fuse-zip, busybox-static) or install Go" >&2
+	exit 1
+fi
+if [ ! -c /dev/fuse ]; then
+	echo "bench: /dev/fuse is missing: load the fuse module (modprobe fuse)" >&2
+	exit 1
+fi
+
+# Rebuild fief when the binary is missing or older than a source file.
+if [ ! -x ./fief ] || [ -n "$(find . -path ./bench -prune -o \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer ./fief -print | head -n 1)" ]; then
+	make build
+fi
+
+exec go run ./bench -fief ./fief "$@"
