@@ -30,6 +30,13 @@ const (
 )
 
 func main() {
+	// fief waits on children, signals and files and computes almost
+	// nothing, so one P is enough. Each further P keeps caches and idle
+	// threads: with one, a vassal init's RSS drops by about 0.3 MB.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
+
 	// A vassal init is this binary re-executed in new namespaces; it must
 	// take over before anything else runs.
 	if len(os.Args) > 0 && os.Args[0] == vassal.InitArg0 {

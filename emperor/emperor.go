@@ -5,7 +5,6 @@ package emperor
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -292,7 +291,7 @@ func (e *Emperor) read(path string) (*snapshot, bool) {
 		return &snapshot{err: fmt.Errorf("reading vassal file %q: %w", path, err)}, true
 	}
 
-	snap := &snapshot{hash: sha256.Sum256(data)}
+	snap := &snapshot{content: data}
 	snap.cfg, snap.err = vassal.Parse(path, data, vassal.ParseOptions{})
 	return snap, true
 }

@@ -1,7 +1,7 @@
 package emperor
 
 import (
-	"crypto/sha256"
+	"bytes"
 	"log/slog"
 	"sync"
 	"time"
@@ -37,9 +37,11 @@ const (
 
 // snapshot is one version of a vassal file as the emperor read it.
 type snapshot struct {
-	hash [sha256.Size]byte
-	cfg  *vassal.Config // nil when err is set
-	err  error          // the reason the file is invalid
+	// content is the file's bytes; vassal files are small, and comparing
+	// them directly cannot mistake two versions for one.
+	content []byte
+	cfg     *vassal.Config // nil when err is set
+	err     error          // the reason the file is invalid
 }
 
 // requests are the pending orders from the emperor's loop to a supervisor.
@@ -148,7 +150,7 @@ func (s *supervisor) run(first *snapshot) {
 				s.stop(req.remove)
 				return
 			}
-			if req.update != nil && req.update.hash != s.snap.hash {
+			if req.update != nil && !bytes.Equal(req.update.content, s.snap.content) {
 				stopBackoff()
 				s.snap = req.update
 				s.log.Info("vassal file changed; restarting with fresh namespaces", "pid", s.pid())

@@ -28,6 +28,11 @@ const RuntimeDir = "/run/fief/vassal"
 // InitMain is the entry point of a vassal init, the process the emperor
 // starts in new namespaces. It returns the process exit code.
 func InitMain(args []string) int {
+	if os.Getenv(initGOMAXPROCSMarker) != "" {
+		os.Unsetenv("GOMAXPROCS")
+		os.Unsetenv(initGOMAXPROCSMarker)
+	}
+
 	fs := flag.NewFlagSet(InitArg0, flag.ContinueOnError)
 	file := fs.String("file", "", "absolute path of the vassal file")
 	logFormat := fs.String("log-format", "text", "log format: text or json")

@@ -16,6 +16,10 @@ import (
 // init. main checks for it before anything else.
 const InitArg0 = "fief-vassal-init"
 
+// initGOMAXPROCSMarker tells the vassal init that fief, not the user, set
+// GOMAXPROCS in its environment.
+const initGOMAXPROCSMarker = "_FIEF_INIT_GOMAXPROCS"
+
 // Exit codes of a vassal init, which the emperor acts on.
 const (
 	// ExitStopped: the vassal was asked to stop and did.
@@ -108,9 +112,18 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 		args = append(args, "--log-level", opts.LogLevel)
 	}
 
+	env := os.Environ()
+	if os.Getenv("GOMAXPROCS") == "" {
+		// Read by the Go runtime before main: the init starts with one P
+		// and fewer threads. The init removes both variables again, so
+		// the vassal's programs never see them.
+		env = append(env, "GOMAXPROCS=1", initGOMAXPROCSMarker+"=1")
+	}
+
 	cmd := &exec.Cmd{
 		Path:   "/proc/self/exe",
 		Args:   args,
+		Env:    env,
 		Dir:    filepath.Dir(abs),
 		Stdout: opts.Stdout,
 		Stderr: opts.Stderr,
