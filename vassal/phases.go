@@ -37,6 +37,8 @@ func (e *StepError) Unwrap() error { return e.Err }
 
 // startUp runs the phases of a fresh start, up to the program.
 func (v *vassalInit) startUp() error {
+	v.detachDeadMounts()
+
 	if err := v.runPhase(PhasePreJail, nil); err != nil {
 		return err
 	}
