@@ -57,6 +57,7 @@ func commands() []command {
 	return []command{
 		{"emperor", "emperor [flags] DIR | emperor --ini FILE", "supervise every vassal file (*.ini) in DIR", runEmperor},
 		{"vassal", "vassal [flags] FILE", "run one vassal in the foreground, in its own namespaces", runVassal},
+		{"status", "status [--socket PATH] [--json]", "show the vassals of a running emperor", runStatus},
 		{"check", "check FILE|DIR...", "validate vassal files and print the planned setup; exit 1 on error", runCheck},
 		{"exec-as-user", "exec-as-user [flags] USER[:GROUP] CMD [ARG...]", "switch to USER and replace fief with CMD (no process stays behind)", runExecAsUser},
 		{"--", "[flags] -- CMD [ARG...]", "container init: run CMD, reap zombies, forward signals, exit with CMD's status", runContainer},
@@ -164,6 +165,7 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 	logs.register(fs)
 	ini := fs.String("ini", "", "read the vassal directory and settings from this uWSGI-style ini `file` (keys: emperor, emperor-use-clone)")
 	useClone := fs.String("use-clone", "fs,pid", "comma-separated `namespaces` every vassal gets: fs, pid, ipc, uts, net, cgroup (fs and pid are always on)")
+	statusSocket := fs.String("status-socket", emperor.DefaultStatusSocket, "unix socket `path` (mode 0600) that serves fief status; empty for none")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -171,7 +173,7 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	opts := emperor.Options{UseClone: *useClone, LogFormat: logs.format, LogLevel: logs.level}
+	opts := emperor.Options{UseClone: *useClone, LogFormat: logs.format, LogLevel: logs.level, StatusSocket: *statusSocket}
 	switch {
 	case *ini != "" && fs.NArg() == 0:
 		settings, err := emperor.LoadIni(*ini)
@@ -306,6 +308,25 @@ func runContainer(args []string, stdout, stderr io.Writer) int {
 		Grace:     *grace,
 		Remap:     remap,
 	})
+}
+
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("status", stderr)
+	socket := fs.String("socket", emperor.DefaultStatusSocket, "unix socket `path` of the emperor's status")
+	asJSON := fs.Bool("json", false, "print the report as JSON (default a table)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "fief status: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+
+	if err := emperor.FetchStatus(*socket, *asJSON, stdout); err != nil {
+		fmt.Fprintf(stderr, "fief status: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
 }
 
 func runVersion(args []string, stdout, stderr io.Writer) int {

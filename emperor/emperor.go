@@ -44,6 +44,9 @@ type Options struct {
 	LogFormat, LogLevel string
 	// Stdout and Stderr are inherited by vassal inits and their programs.
 	Stdout, Stderr *os.File
+	// StatusSocket is the unix socket path of the status report; "" serves
+	// none.
+	StatusSocket string
 }
 
 // Emperor supervises one vassal directory.
@@ -62,6 +65,8 @@ type Emperor struct {
 
 	controlMu sync.Mutex
 	control   *fusectl.Control
+
+	board *statusBoard
 }
 
 // Run supervises opts.Dir until ctx ends or SIGTERM or SIGINT arrives, then
@@ -98,6 +103,7 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 		vassals:    make(map[string]*supervisor),
 		retired:    make(chan *supervisor, 16),
 		ignored:    make(map[string]bool),
+		board:      newStatusBoard(),
 	}
 
 	// Orphans of vassal inits cannot reach the emperor (they stay in the
@@ -120,6 +126,15 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 	defer closeWatch()
 
 	log.Info("emperor started", "dir", dir, "clone", strings.Join(cloneList(e.cloneFlags), ","), "pid", os.Getpid())
+	if opts.StatusSocket != "" {
+		stopStatus, err := e.serveStatus(opts.StatusSocket, time.Now())
+		if err != nil {
+			// The vassals matter more than the report: run without it.
+			log.Error("not serving status", "pid", os.Getpid(), "err", err)
+		} else {
+			defer stopStatus()
+		}
+	}
 	e.rescan(false)
 
 	err = e.loop(ctx, events, signals)
@@ -204,6 +219,7 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 			if e.vassals[s.name] == s {
 				delete(e.vassals, s.name)
 			}
+			e.board.remove(s)
 			// The file may have come back while the old vassal stopped.
 			e.sync(s.name, false)
 		}

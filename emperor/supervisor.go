@@ -3,6 +3,7 @@ package emperor
 import (
 	"bytes"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -98,7 +99,25 @@ type supervisor struct {
 	started  time.Time
 	deaths   int // unrequested quick deaths in a row
 	restarts int
-	state    string
+}
+
+// setState records the vassal's state for the status socket.
+func (s *supervisor) setState(state string) {
+	s.e.board.update(s, func(entry *statusEntry) {
+		entry.status.State = state
+		entry.status.Restarts = s.restarts
+		if s.child != nil {
+			entry.status.Pid = s.child.Pid
+		} else {
+			entry.status.Pid = 0
+			entry.status.Mounts = []vassal.MountStatus{}
+		}
+		if s.snap != nil && s.snap.err != nil {
+			entry.status.Error = s.snap.err.Error()
+		} else {
+			entry.status.Error = ""
+		}
+	})
 }
 
 func newSupervisor(e *Emperor, name, path string) *supervisor {
@@ -179,7 +198,7 @@ func (s *supervisor) run(first *snapshot) {
 				if delay == 0 {
 					s.start()
 				} else {
-					s.state = StateBackoff
+					s.setState(StateBackoff)
 					backoff = time.NewTimer(delay)
 					backoffC = backoff.C
 				}
@@ -196,7 +215,7 @@ func (s *supervisor) run(first *snapshot) {
 // broken when its file is invalid.
 func (s *supervisor) start() {
 	if s.snap.err != nil {
-		s.state = StateBroken
+		s.setState(StateBroken)
 		s.log.Error("vassal file is invalid; fix it and save it to retry", "pid", 0, "err", s.snap.err)
 		return
 	}
@@ -209,22 +228,38 @@ func (s *supervisor) start() {
 		}
 	}
 
+	statusRead, statusWrite, err := os.Pipe()
+	if err != nil {
+		s.log.Error("creating the status pipe failed", "pid", 0, "err", err)
+		statusRead, statusWrite = nil, nil
+	}
 	cmd, err := vassal.InitCommand(s.path, vassal.SpawnOptions{
 		CloneFlags: flags,
 		LogFormat:  s.e.opts.LogFormat,
 		LogLevel:   s.e.opts.LogLevel,
 		Stdout:     s.e.opts.Stdout,
 		Stderr:     s.e.opts.Stderr,
+		StatusPipe: statusWrite,
 	})
 	if err == nil {
 		s.child, err = s.e.spawner.start(cmd)
+	}
+	if statusWrite != nil {
+		// Only the init keeps the write end, so the read end sees EOF
+		// when the init exits.
+		statusWrite.Close()
+		if err == nil {
+			go s.readMountStatus(statusRead, s.child.Pid)
+		} else {
+			statusRead.Close()
+		}
 	}
 	if err != nil {
 		s.log.Error("spawning the vassal init failed", "pid", 0, "err", err)
 		// Treated as a quick death, so a persistent failure backs off.
 		s.child = nil
 		s.deaths++
-		s.state = StateBackoff
+		s.setState(StateBackoff)
 		delay := Backoff(s.deaths + 1)
 		time.AfterFunc(delay, func() { s.mail.post(func(r *requests) { r.touched = true }) })
 		return
@@ -232,7 +267,8 @@ func (s *supervisor) start() {
 
 	s.started = time.Now()
 	s.running = s.snap
-	s.state = StateRunning
+	s.e.board.update(s, func(entry *statusEntry) { entry.started = s.started })
+	s.setState(StateRunning)
 	s.log.Info("vassal started", "pid", s.child.Pid, "restarts", s.restarts)
 }
 
@@ -240,8 +276,9 @@ func (s *supervisor) start() {
 // long to respawn it.
 func (s *supervisor) exited(st reaper.Status) (time.Duration, bool) {
 	ran := time.Since(s.started)
+	s.recordExit(st)
 	if st.Wait.Exited() && st.Wait.ExitStatus() == vassal.ExitConfig {
-		s.state = StateBroken
+		s.setState(StateBroken)
 		s.log.Error("vassal stopped on a configuration error; fix the file and save it to retry",
 			"pid", st.Pid, "status", st.String(), "ran", ran.Round(time.Millisecond))
 		return 0, false
@@ -279,7 +316,7 @@ func (s *supervisor) stop(removed bool) {
 // SIGKILL.
 func (s *supervisor) stopChild() {
 	child := s.child
-	s.state = StateStopping
+	s.setState(StateStopping)
 	begin := time.Now()
 
 	grace := vassal.DefaultStopTimeout
@@ -315,7 +352,19 @@ wait:
 	}
 
 	s.child = nil
+	s.recordExit(st)
 	s.log.Info("vassal stopped", "pid", child.Pid, "status", st.String(), "took", time.Since(begin).Round(time.Millisecond))
+}
+
+// recordExit stores how the vassal init ended for the status socket.
+func (s *supervisor) recordExit(st reaper.Status) {
+	now := time.Now()
+	s.e.board.update(s, func(entry *statusEntry) {
+		entry.status.LastExit = st.String()
+		entry.status.LastExitAt = &now
+		entry.status.Pid = 0
+		entry.status.Mounts = []vassal.MountStatus{}
+	})
 }
 
 // kill sends SIGKILL to the vassal init and waits for it. When it has not

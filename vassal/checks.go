@@ -50,6 +50,12 @@ func (v *vassalInit) startChecks() (*mountChecks, error) {
 		mc.checks = append(mc.checks, check)
 	}
 
+	healthy := make([]MountStatus, 0, len(mc.checks))
+	for _, check := range mc.checks {
+		healthy = append(healthy, MountStatus{Path: check.path, Healthy: true})
+	}
+	v.status.set(healthy)
+
 	for _, check := range mc.checks {
 		mc.wg.Add(1)
 		go v.watchMount(mc, check)
@@ -159,6 +165,7 @@ func (v *vassalInit) watchMount(mc *mountChecks, check *mountCheck) {
 		}
 
 		if err := v.checkMount(check); err != nil {
+			v.status.fail(check.path, err.Error())
 			mc.failures <- &StepError{File: v.cfg.File, Line: check.line, Phase: "mountpoint-check", Text: check.path, Err: err}
 			return
 		}

@@ -38,6 +38,7 @@ func InitMain(args []string) int {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	newNet := fs.Bool("new-net", false, "the init runs in a new network namespace, whose loopback is down")
+	statusFD := fs.Int("status-fd", -1, "descriptor of the pipe that reports mount health to the emperor")
 	if err := fs.Parse(args); err != nil {
 		return ExitConfig
 	}
@@ -58,7 +59,15 @@ func InitMain(args []string) int {
 		slog.Int("pid", hostPid),
 	)
 
+	var reporter *statusReporter
+	if *statusFD >= 0 {
+		// Programs and steps must not inherit the emperor's pipe.
+		unix.CloseOnExec(*statusFD)
+		reporter = &statusReporter{file: os.NewFile(uintptr(*statusFD), "status")}
+	}
+
 	v := &vassalInit{
+		status:   reporter,
 		file:     *file,
 		newNet:   *newNet,
 		log:      logger,
@@ -86,6 +95,7 @@ func NewLogger(w io.Writer, format, level string) *slog.Logger {
 
 // vassalInit is pid 1 of a vassal's pid namespace.
 type vassalInit struct {
+	status *statusReporter
 	file   string
 	newNet bool
 	log    *slog.Logger

@@ -89,6 +89,9 @@ type SpawnOptions struct {
 	LogFormat, LogLevel string
 	// Stdout and Stderr receive the init's log and the program's output.
 	Stdout, Stderr *os.File
+	// StatusPipe, when set, receives the health of the vassal's mount
+	// checks as JSON lines of []MountStatus.
+	StatusPipe *os.File
 }
 
 // InitCommand builds the command that re-executes this binary as the init of a
@@ -111,6 +114,12 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
 	}
+	var extra []*os.File
+	if opts.StatusPipe != nil {
+		// ExtraFiles[0] is descriptor 3 in the child.
+		extra = append(extra, opts.StatusPipe)
+		args = append(args, "--status-fd", "3")
+	}
 
 	env := os.Environ()
 	if os.Getenv("GOMAXPROCS") == "" {
@@ -121,12 +130,13 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 	}
 
 	cmd := &exec.Cmd{
-		Path:   "/proc/self/exe",
-		Args:   args,
-		Env:    env,
-		Dir:    filepath.Dir(abs),
-		Stdout: opts.Stdout,
-		Stderr: opts.Stderr,
+		Path:       "/proc/self/exe",
+		Args:       args,
+		Env:        env,
+		Dir:        filepath.Dir(abs),
+		Stdout:     opts.Stdout,
+		Stderr:     opts.Stderr,
+		ExtraFiles: extra,
 		SysProcAttr: &syscall.SysProcAttr{
 			Cloneflags: opts.CloneFlags | RequiredCloneFlags,
 			// Its own session keeps terminal job-control signals of the

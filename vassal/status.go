@@ -1,0 +1,113 @@
+package vassal
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// MountStatus is the health of one mountpoint-check path, as the vassal init
+// reports it to the emperor.
+type MountStatus struct {
+	Path    string `json:"path"`
+	Healthy bool   `json:"healthy"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// statusReporter writes the health of the mount checks to the emperor on an
+// inherited pipe, one line per change in the format of [FormatMountStatus].
+// A nil reporter writes nothing.
+type statusReporter struct {
+	mu     sync.Mutex
+	file   *os.File
+	mounts []MountStatus
+}
+
+// set replaces the whole list, as after the checks start.
+func (r *statusReporter) set(mounts []MountStatus) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mounts = mounts
+	r.send()
+}
+
+// fail marks one path unhealthy.
+func (r *statusReporter) fail(path, detail string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range r.mounts {
+		if r.mounts[i].Path == path {
+			r.mounts[i].Healthy = false
+			r.mounts[i].Detail = detail
+		}
+	}
+	r.send()
+}
+
+// send writes the current list. A write error means the emperor is gone;
+// there is nobody left to tell.
+func (r *statusReporter) send() {
+	_, _ = r.file.Write([]byte(FormatMountStatus(r.mounts) + "\n"))
+}
+
+// FormatMountStatus renders mounts as one line of Go-quoted fields, three
+// per mount: path, "ok" or "failed", and detail. Decoding it needs no
+// reflection, unlike JSON, which keeps the binary and so every fief
+// process smaller.
+func FormatMountStatus(mounts []MountStatus) string {
+	var b strings.Builder
+	for i, m := range mounts {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		health := "failed"
+		if m.Healthy {
+			health = "ok"
+		}
+		b.WriteString(strconv.Quote(m.Path) + " " + health + " " + strconv.Quote(m.Detail))
+	}
+	return b.String()
+}
+
+// ParseMountStatus decodes a line written by [FormatMountStatus].
+func ParseMountStatus(line string) ([]MountStatus, error) {
+	mounts := []MountStatus{}
+	rest := strings.TrimSpace(line)
+	for rest != "" {
+		path, after, err := unquotePrefix(rest)
+		if err != nil {
+			return nil, fmt.Errorf("parsing the path in %q: %w", line, err)
+		}
+		health, after, ok := strings.Cut(strings.TrimLeft(after, " "), " ")
+		if !ok || (health != "ok" && health != "failed") {
+			return nil, fmt.Errorf("parsing the health in %q: want ok or failed", line)
+		}
+		detail, after, err := unquotePrefix(strings.TrimLeft(after, " "))
+		if err != nil {
+			return nil, fmt.Errorf("parsing the detail in %q: %w", line, err)
+		}
+		mounts = append(mounts, MountStatus{Path: path, Healthy: health == "ok", Detail: detail})
+		rest = strings.TrimLeft(after, " ")
+	}
+	return mounts, nil
+}
+
+func unquotePrefix(s string) (string, string, error) {
+	quoted, err := strconv.QuotedPrefix(s)
+	if err != nil {
+		return "", "", err
+	}
+	value, err := strconv.Unquote(quoted)
+	if err != nil {
+		return "", "", err
+	}
+	return value, s[len(quoted):], nil
+}
