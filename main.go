@@ -166,6 +166,7 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 	ini := fs.String("ini", "", "read the vassal directory and settings from this uWSGI-style ini `file` (keys: emperor, emperor-use-clone)")
 	useClone := fs.String("use-clone", "fs,pid", "comma-separated `namespaces` every vassal gets: fs, pid, ipc, uts, net, cgroup (fs and pid are always on)")
 	statusSocket := fs.String("status-socket", emperor.DefaultStatusSocket, "unix socket `path` (mode 0600) that serves fief status; empty for none")
+	tyrant := fs.Bool("tyrant", false, "run each vassal as the owner of its file; refuse files owned by root, writable by group or others, or symlinked (default off)")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -173,7 +174,7 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	opts := emperor.Options{UseClone: *useClone, LogFormat: logs.format, LogLevel: logs.level, StatusSocket: *statusSocket}
+	opts := emperor.Options{UseClone: *useClone, LogFormat: logs.format, LogLevel: logs.level, StatusSocket: *statusSocket, Tyrant: *tyrant}
 	switch {
 	case *ini != "" && fs.NArg() == 0:
 		settings, err := emperor.LoadIni(*ini)
@@ -185,6 +186,7 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 		if settings.UseClone != "" {
 			opts.UseClone = settings.UseClone
 		}
+		opts.Tyrant = opts.Tyrant || settings.Tyrant
 	case *ini == "" && fs.NArg() == 1:
 		opts.Dir = fs.Arg(0)
 	default:

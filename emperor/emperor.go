@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -47,6 +48,10 @@ type Options struct {
 	// StatusSocket is the unix socket path of the status report; "" serves
 	// none.
 	StatusSocket string
+	// Tyrant runs each vassal as the owner of its file. Files owned by
+	// root, writable by group or others, or reached through a symlink are
+	// refused.
+	Tyrant bool
 }
 
 // Emperor supervises one vassal directory.
@@ -295,6 +300,10 @@ func (e *Emperor) sync(name string, touched bool) {
 // read reads and parses the vassal file at path. It reports false when the
 // file is gone or is not a regular file.
 func (e *Emperor) read(path string) (*snapshot, bool) {
+	if e.opts.Tyrant {
+		return e.readTyrant(path)
+	}
+
 	info, err := os.Stat(path)
 	if err != nil || !info.Mode().IsRegular() {
 		return nil, false
@@ -309,6 +318,61 @@ func (e *Emperor) read(path string) (*snapshot, bool) {
 
 	snap := &snapshot{content: data}
 	snap.cfg, snap.err = vassal.Parse(path, data, vassal.ParseOptions{})
+	return snap, true
+}
+
+// readTyrant reads a vassal file for tyrant mode. The owner is taken from
+// the file itself, never from a symlink's target, since anyone can point a
+// symlink at a file owned by someone else.
+func (e *Emperor) readTyrant(path string) (*snapshot, bool) {
+	info, err := os.Lstat(path)
+	if err != nil {
+		return nil, false
+	}
+	if info.Mode()&os.ModeSymlink != 0 {
+		return &snapshot{err: fmt.Errorf("tyrant mode refuses %q: it is a symlink, and the vassal would run as the owner of whatever it points to; put a regular file there", path)}, true
+	}
+	if !info.Mode().IsRegular() {
+		return nil, false
+	}
+
+	file, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, false
+		}
+		return &snapshot{err: fmt.Errorf("reading vassal file %q: %w", path, err)}, true
+	}
+	defer file.Close()
+
+	// The owner and mode come from the open file, so a rename between the
+	// lstat and the open cannot swap them.
+	var st unix.Stat_t
+	if err := unix.Fstat(int(file.Fd()), &st); err != nil {
+		return &snapshot{err: fmt.Errorf("checking vassal file %q: %w", path, err)}, true
+	}
+	owner := vassal.Owner{UID: st.Uid, GID: st.Gid}
+	snap := &snapshot{owner: &owner}
+
+	switch {
+	case st.Uid == 0 || st.Gid == 0:
+		snap.err = fmt.Errorf("tyrant mode refuses %q: it is owned by %s, and a vassal must not run as root; chown it to the user it should run as", path, owner)
+		return snap, true
+	case st.Mode&0o022 != 0:
+		snap.err = fmt.Errorf("tyrant mode refuses %q: mode %#o lets group or others change it, and so choose what runs as its owner; chmod go-w it", path, st.Mode&0o777)
+		return snap, true
+	}
+
+	data, err := io.ReadAll(file)
+	if err != nil {
+		snap.err = fmt.Errorf("reading vassal file %q: %w", path, err)
+		return snap, true
+	}
+	snap.content = data
+	snap.cfg, snap.err = vassal.Parse(path, data, vassal.ParseOptions{})
+	if snap.err == nil {
+		snap.err = vassal.CheckTyrant(snap.cfg, owner)
+	}
 	return snap, true
 }
 

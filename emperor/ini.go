@@ -18,11 +18,13 @@ type Settings struct {
 	Dir string
 	// UseClone is the value of emperor-use-clone, "" when absent.
 	UseClone string
+	// Tyrant is the value of emperor-tyrant.
+	Tyrant bool
 }
 
 // LoadIni reads the emperor settings of the ini file at path: the keys
-// emperor and emperor-use-clone, in a [uwsgi] or [fief] section or before
-// any section.
+// emperor, emperor-use-clone and emperor-tyrant, in a [uwsgi] or [fief]
+// section or before any section.
 func LoadIni(path string) (Settings, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -63,8 +65,17 @@ func LoadIni(path string) (Settings, error) {
 				return Settings{}, fmt.Errorf("%s:%d: %w", path, line, err)
 			}
 			s.UseClone = value
+		case "emperor-tyrant":
+			switch strings.ToLower(value) {
+			case "", "1", "true", "yes", "on":
+				s.Tyrant = true
+			case "0", "false", "no", "off":
+				s.Tyrant = false
+			default:
+				return Settings{}, fmt.Errorf("%s:%d: invalid emperor-tyrant value %q: use true or false", path, line, value)
+			}
 		default:
-			return Settings{}, fmt.Errorf("%s:%d: unknown emperor key %q; fief reads emperor and emperor-use-clone", path, line, key)
+			return Settings{}, fmt.Errorf("%s:%d: unknown emperor key %q; fief reads emperor, emperor-use-clone and emperor-tyrant", path, line, key)
 		}
 	}
 	if err := scanner.Err(); err != nil {

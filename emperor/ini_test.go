@@ -45,6 +45,8 @@ func TestLoadIniErrors(t *testing.T) {
 		want string
 	}{
 		{"emperor = /v\nemperor-tyrnat = true\n", `:2: unknown emperor key "emperor-tyrnat"`},
+		{"emperor = /v\nemperor-tyrant = maybe\n", `:2: invalid emperor-tyrant value "maybe"`},
+		{"emperor = /v\nemperor-use-clone = fs,bogus\n", `:2: unknown namespace "bogus"`},
 		{"emperor-use-clone = fs\n", `missing key emperor`},
 		{"emperor /v\n", `:1: "emperor /v" is not KEY = VALUE`},
 	}

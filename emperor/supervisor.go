@@ -41,8 +41,21 @@ type snapshot struct {
 	// content is the file's bytes; vassal files are small, and comparing
 	// them directly cannot mistake two versions for one.
 	content []byte
+	// owner is the file's owner in tyrant mode, else nil.
+	owner *vassal.Owner
 	cfg     *vassal.Config // nil when err is set
 	err     error          // the reason the file is invalid
+}
+
+// differs reports whether the file's content or owner changed.
+func (snap *snapshot) differs(old *snapshot) bool {
+	if !bytes.Equal(snap.content, old.content) {
+		return true
+	}
+	if (snap.owner == nil) != (old.owner == nil) {
+		return true
+	}
+	return snap.owner != nil && *snap.owner != *old.owner
 }
 
 // requests are the pending orders from the emperor's loop to a supervisor.
@@ -169,7 +182,7 @@ func (s *supervisor) run(first *snapshot) {
 				s.stop(req.remove)
 				return
 			}
-			if req.update != nil && !bytes.Equal(req.update.content, s.snap.content) {
+			if req.update != nil && req.update.differs(s.snap) {
 				stopBackoff()
 				s.snap = req.update
 				s.log.Info("vassal file changed; restarting with fresh namespaces", "pid", s.pid())
@@ -240,6 +253,7 @@ func (s *supervisor) start() {
 		Stdout:     s.e.opts.Stdout,
 		Stderr:     s.e.opts.Stderr,
 		StatusPipe: statusWrite,
+		Tyrant:     s.snap.owner,
 	})
 	if err == nil {
 		s.child, err = s.e.spawner.start(cmd)

@@ -39,6 +39,7 @@ func InitMain(args []string) int {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	newNet := fs.Bool("new-net", false, "the init runs in a new network namespace, whose loopback is down")
 	statusFD := fs.Int("status-fd", -1, "descriptor of the pipe that reports mount health to the emperor")
+	tyrant := fs.String("tyrant", "", "UID:GID of the vassal file's owner, as whom the vassal runs")
 	if err := fs.Parse(args); err != nil {
 		return ExitConfig
 	}
@@ -66,7 +67,18 @@ func InitMain(args []string) int {
 		reporter = &statusReporter{file: os.NewFile(uintptr(*statusFD), "status")}
 	}
 
+	var owner *Owner
+	if *tyrant != "" {
+		parsed, err := ParseOwner(*tyrant)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", InitArg0, err)
+			return ExitConfig
+		}
+		owner = &parsed
+	}
+
 	v := &vassalInit{
+		tyrant:   owner,
 		status:   reporter,
 		file:     *file,
 		newNet:   *newNet,
@@ -95,6 +107,7 @@ func NewLogger(w io.Writer, format, level string) *slog.Logger {
 
 // vassalInit is pid 1 of a vassal's pid namespace.
 type vassalInit struct {
+	tyrant *Owner // the file's owner in tyrant mode, else nil
 	status *statusReporter
 	file   string
 	newNet bool
@@ -153,6 +166,12 @@ func (v *vassalInit) run() int {
 		return ExitConfig
 	}
 	v.cfg = cfg
+	if v.tyrant != nil {
+		if err := CheckTyrant(cfg, *v.tyrant); err != nil {
+			v.log.Error("invalid vassal file for tyrant mode; fix it and save it to retry", "err", err)
+			return ExitConfig
+		}
+	}
 	if cfg.Exec != nil && len(cfg.UWSGIOptions) > 0 {
 		v.log.Warn("the file sets exec, so its uWSGI application options are not used; remove exec to run uwsgi with them",
 			"first_option", cfg.UWSGIOptions[0].Key, "line", cfg.UWSGIOptions[0].Line)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -89,6 +90,9 @@ func (v *vassalInit) reload() error {
 // resolveCredentials looks uid and gid up in the current root's passwd and
 // group files. It returns nil when the vassal runs as root.
 func (v *vassalInit) resolveCredentials() (*Credentials, error) {
+	if v.tyrant != nil {
+		return v.tyrantCredentials()
+	}
 	if v.cfg.UID == "" && v.cfg.GID == "" {
 		return nil, nil
 	}
@@ -99,6 +103,34 @@ func (v *vassalInit) resolveCredentials() (*Credentials, error) {
 	creds, err := ResolveCredentials("/", user, v.cfg.GID)
 	if err != nil {
 		return nil, &ConfigError{File: v.cfg.File, Line: v.cfg.optionLine("uid", "gid"), Msg: err.Error()}
+	}
+	return creds, nil
+}
+
+// tyrantCredentials returns the file owner's uid with the primary gid and
+// groups of the owner's passwd entry, or the file's gid when the uid has no
+// entry. uid and gid lines in the file must name the same ids.
+func (v *vassalInit) tyrantCredentials() (*Credentials, error) {
+	owner := *v.tyrant
+	creds, err := ResolveCredentials("/", strconv.FormatUint(uint64(owner.UID), 10), "")
+	if err != nil {
+		return nil, err
+	}
+	if creds.Name == "" {
+		creds.GID = owner.GID
+		creds.Groups = []uint32{owner.GID}
+	}
+
+	if v.cfg.UID != "" || v.cfg.GID != "" {
+		user := v.cfg.UID
+		if user == "" {
+			user = creds.Name
+		}
+		asked, err := ResolveCredentials("/", user, v.cfg.GID)
+		if err != nil || asked.UID != creds.UID || (v.cfg.GID != "" && asked.GID != creds.GID) {
+			return nil, &ConfigError{File: v.cfg.File, Line: v.cfg.optionLine("uid", "gid"), Msg: fmt.Sprintf(
+				"in tyrant mode the vassal runs as the file's owner %d:%d; remove the uid and gid lines or make them name that user", creds.UID, creds.GID)}
+		}
 	}
 	return creds, nil
 }

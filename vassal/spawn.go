@@ -90,8 +90,11 @@ type SpawnOptions struct {
 	// Stdout and Stderr receive the init's log and the program's output.
 	Stdout, Stderr *os.File
 	// StatusPipe, when set, receives the health of the vassal's mount
-	// checks as JSON lines of []MountStatus.
+	// checks, one line per change in the format of FormatMountStatus.
 	StatusPipe *os.File
+	// Tyrant, when set, is the owner of the vassal file; the vassal then
+	// runs as that user.
+	Tyrant *Owner
 }
 
 // InitCommand builds the command that re-executes this binary as the init of a
@@ -113,6 +116,9 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 	}
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
+	}
+	if opts.Tyrant != nil {
+		args = append(args, "--tyrant", opts.Tyrant.String())
 	}
 	var extra []*os.File
 	if opts.StatusPipe != nil {
