@@ -101,11 +101,10 @@ func printPlan(w io.Writer, cfg *Config) {
 
 func printPhase(w io.Writer, cfg *Config, phase Phase) {
 	for _, step := range cfg.Steps[phase] {
-		switch {
-		case step.Command != nil:
-			fmt.Fprintf(w, "  %-16s line %d: exec %s\n", string(phase)+":", step.Command.Line, quoteArgv(step.Command.Argv))
-		case step.Hook != nil:
-			fmt.Fprintf(w, "  %-16s line %d: hook %s\n", string(phase)+":", step.Hook.Line, step.Hook.Text)
+		if step.Command != nil {
+			fmt.Fprintf(w, "  %-16s line %d: exec %s\n", string(phase)+":", step.Line(), quoteArgv(step.Argv()))
+		} else {
+			fmt.Fprintf(w, "  %-16s line %d: hook %s\n", string(phase)+":", step.Line(), step.Text())
 		}
 	}
 }

@@ -53,6 +53,31 @@ type Step struct {
 	Hook    *Hook
 }
 
+// Argv returns the command a step runs: the exec-* command, or the
+// command of an exec: hook. It is nil for other hooks.
+func (s Step) Argv() []string {
+	if s.Command != nil {
+		return s.Command.Argv
+	}
+	return s.Hook.Argv
+}
+
+// Line returns the line of the vassal file the step comes from.
+func (s Step) Line() int {
+	if s.Command != nil {
+		return s.Command.Line
+	}
+	return s.Hook.Line
+}
+
+// Text returns the step's value as written, after expansion.
+func (s Step) Text() string {
+	if s.Command != nil {
+		return s.Command.Text
+	}
+	return s.Hook.Text
+}
+
 // PivotRoot is the value of a pivot-root line. New and Old are cleaned
 // absolute paths, and Old lies strictly inside New.
 type PivotRoot struct {

@@ -175,14 +175,7 @@ func (v *vassalInit) runtimeDir() (string, error) {
 // daemon.
 func (c *Config) usesFUSEAsUser() bool {
 	for _, step := range c.Steps[PhaseAsUser] {
-		var argv []string
-		switch {
-		case step.Command != nil:
-			argv = step.Command.Argv
-		case step.Hook != nil:
-			argv = step.Hook.Argv
-		}
-		if _, ok := fusectl.DaemonMountPoint(argv); ok {
+		if _, ok := fusectl.DaemonMountPoint(step.Argv()); ok {
 			return true
 		}
 	}
@@ -206,18 +199,13 @@ func (c *Config) optionLine(keys ...string) int {
 func (v *vassalInit) runPhase(phase Phase, creds *Credentials) error {
 	for _, step := range v.cfg.Steps[phase] {
 		var err error
-		var line int
-		var text string
-		switch {
-		case step.Command != nil:
-			line, text = step.Command.Line, step.Command.Text
+		if step.Command != nil {
 			err = v.runCommand(phase, step.Command.Argv, creds)
-		case step.Hook != nil:
-			line, text = step.Hook.Line, step.Hook.Text
+		} else {
 			err = v.runHook(phase, step.Hook, creds)
 		}
 		if err != nil {
-			return &StepError{File: v.cfg.File, Line: line, Phase: phase, Text: text, Err: err}
+			return &StepError{File: v.cfg.File, Line: step.Line(), Phase: phase, Text: step.Text(), Err: err}
 		}
 	}
 	return nil
@@ -237,18 +225,13 @@ func (v *vassalInit) runAtexit() {
 		}
 		for _, step := range v.cfg.Steps[phase] {
 			var err error
-			var line int
-			var text string
-			switch {
-			case step.Command != nil:
-				line, text = step.Command.Line, step.Command.Text
+			if step.Command != nil {
 				err = v.runCommandUnstoppable(phase, step.Command.Argv, creds)
-			case step.Hook != nil:
-				line, text = step.Hook.Line, step.Hook.Text
+			} else {
 				err = v.runHook(phase, step.Hook, creds)
 			}
 			if err != nil {
-				v.log.Warn("atexit step failed", "err", &StepError{File: v.cfg.File, Line: line, Phase: phase, Text: text, Err: err})
+				v.log.Warn("atexit step failed", "err", &StepError{File: v.cfg.File, Line: step.Line(), Phase: phase, Text: step.Text(), Err: err})
 			}
 		}
 	}

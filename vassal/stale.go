@@ -25,14 +25,7 @@ func (v *vassalInit) detachDeadMounts() {
 	}
 	for _, steps := range v.cfg.Steps {
 		for _, step := range steps {
-			var argv []string
-			switch {
-			case step.Command != nil:
-				argv = step.Command.Argv
-			case step.Hook != nil:
-				argv = step.Hook.Argv
-			}
-			if path, ok := fusectl.DaemonMountPoint(argv); ok {
+			if path, ok := fusectl.DaemonMountPoint(step.Argv()); ok {
 				paths[path] = true
 			}
 		}

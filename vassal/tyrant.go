@@ -34,14 +34,7 @@ func (o Owner) String() string {
 func CheckTyrant(cfg *Config, owner Owner) error {
 	for _, phase := range []Phase{PhasePreJail, PhaseAsRoot, PhaseAsRootAtexit} {
 		for _, step := range cfg.Steps[phase] {
-			line := 0
-			switch {
-			case step.Command != nil:
-				line = step.Command.Line
-			case step.Hook != nil:
-				line = step.Hook.Line
-			}
-			return &ConfigError{File: cfg.File, Line: line, Msg: fmt.Sprintf(
+			return &ConfigError{File: cfg.File, Line: step.Line(), Msg: fmt.Sprintf(
 				"%s steps run as root, which a vassal file owned by uid %d may not do in tyrant mode; move the step to an as-user phase or have root own a file for a non-tyrant emperor",
 				phase, owner.UID)}
 		}
