@@ -6,7 +6,8 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Debian packages the tests and the demo use.
-TEST_PACKAGES  := fuse-zip fuse3 unionfs-fuse busybox-static zip file util-linux procps
+TEST_PACKAGES  := fuse-zip fuse3 unionfs-fuse busybox-static zip file util-linux procps \
+                  runc docker.io containerd gosu tini
 BENCH_PACKAGES := $(TEST_PACKAGES) uwsgi-core uwsgi-plugin-psgi tini gosu bubblewrap
 
 .PHONY: build test test-unit test-integration demo bench deps bench-deps vet clean

@@ -37,18 +37,27 @@ type ExecAsUserOptions struct {
 // by name or number) and replaces the process with argv, so no process of
 // fief stays behind. It returns only on failure, with an *ExecError.
 //
-// The user is resolved as for a vassal's uid and gid, with one difference
+// The user is resolved as for a vassal's uid and gid, with two differences
 // kept for compatibility with gosu: a numeric uid that has no passwd entry
-// and no explicit group keeps the caller's gid.
+// and no explicit group keeps the caller's gid, and the supplementary
+// groups leave out the primary gid.
 func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 	user, group, _ := strings.Cut(spec, ":")
 	creds, err := ResolveCredentials("/", user, group)
 	if err != nil {
 		return &ExecError{Code: ExitUserError, Err: fmt.Errorf("switching to %q: %w", spec, err)}
 	}
-	if creds.Name == "" && group == "" {
+	// gosu's supplementary groups: the memberships in the group file,
+	// without the primary gid, and none at all for USER:GROUP.
+	// ResolveCredentials puts the primary gid first.
+	switch {
+	case group != "":
+		creds.Groups = []uint32{}
+	case creds.Name == "":
 		creds.GID = uint32(os.Getgid())
-		creds.Groups = []uint32{creds.GID}
+		creds.Groups = []uint32{}
+	default:
+		creds.Groups = creds.Groups[1:]
 	}
 
 	env := dedupEnv(append(os.Environ(), creds.Env()...))

@@ -58,7 +58,8 @@ type groupEntry struct {
 // then the primary gid followed by every group in the group file that lists
 // the user's name as a member. A non-empty group is a name, which must have
 // an entry in the group file, or a decimal gid used as given. An explicit
-// group is then the only supplementary group, as with gosu USER:GROUP.
+// group is then the only supplementary group. gosu differs in both cases: it
+// leaves the primary gid out of the list, and sets none for USER:GROUP.
 //
 // A missing passwd or group file fails only a lookup by name. Comment lines,
 // blank lines and lines with the wrong number of fields or a non-numeric id
