@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -42,6 +43,11 @@ func main() {
 	if len(os.Args) > 0 && os.Args[0] == vassal.InitArg0 {
 		os.Exit(vassal.InitMain(os.Args[1:]))
 	}
+
+	// The kernel starts /init of an initramfs as pid 1 with no arguments.
+	if os.Getpid() == 1 && len(os.Args) > 0 && filepath.Base(os.Args[0]) == "init" {
+		os.Exit(runInit(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -59,6 +65,7 @@ func commands() []command {
 		{"vassal", "vassal [flags] FILE", "run one vassal in the foreground, in its own namespaces", runVassal},
 		{"status", "status [--socket PATH] [--json]", "show the vassals of a running emperor", runStatus},
 		{"check", "check FILE|DIR...", "validate vassal files and print the planned setup; exit 1 on error", runCheck},
+		{"init", "init [flags] [-- CMD [ARG...]]", "pid 1 of a VM: early mounts, modules, then the emperor and CMD, then power off", runInit},
 		{"exec-as-user", "exec-as-user [flags] USER[:GROUP] CMD [ARG...]", "switch to USER and replace fief with CMD (no process stays behind)", runExecAsUser},
 		{"--", "[flags] -- CMD [ARG...]", "container init: run CMD, reap zombies, forward signals, exit with CMD's status", runContainer},
 		{"version", "version", "print fief's version and the Go version it was built with", runVersion},
@@ -329,6 +336,24 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+func runInit(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("init", stderr)
+	var logs logFlags
+	logs.register(fs)
+	if code := parseFlags(fs, args); code >= 0 {
+		if os.Getpid() != 1 {
+			return code
+		}
+		// Pid 1 must not exit on a bad flag: run with the defaults.
+	}
+	if !logs.validate(stderr) {
+		logs = logFlags{format: "text", level: "info"}
+	}
+
+	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
+	return initd.RunVM(log, fs.Args())
 }
 
 func runVersion(args []string, stdout, stderr io.Writer) int {

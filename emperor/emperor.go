@@ -20,7 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"fief/fusectl"
-	initd "fief/init"
 	"fief/mount"
 	"fief/reaper"
 	"fief/vassal"
@@ -52,6 +51,9 @@ type Options struct {
 	// root, writable by group or others, or reached through a symlink are
 	// refused.
 	Tyrant bool
+	// Reaper is the process's reaper when the caller already has one; a
+	// process may have only one. When nil, Run creates it.
+	Reaper *reaper.Reaper
 }
 
 // Emperor supervises one vassal directory.
@@ -114,10 +116,14 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 	// Orphans of vassal inits cannot reach the emperor (they stay in the
 	// vassal's pid namespace), but orphans of anything else started by
 	// the emperor's own parent tree can.
-	initd.BecomeSubreaper(log)
-	e.reaper = reaper.New(func(st reaper.Status) {
-		log.Debug("reaped orphan", "orphan_pid", st.Pid, "status", st.String())
-	})
+	if opts.Reaper != nil {
+		e.reaper = opts.Reaper
+	} else {
+		reaper.BecomeSubreaper(log)
+		e.reaper = reaper.New(func(st reaper.Status) {
+			log.Debug("reaped orphan", "orphan_pid", st.Pid, "status", st.String())
+		})
+	}
 	e.spawner = newSpawner(e.reaper)
 
 	signals := make(chan os.Signal, 4)

@@ -226,7 +226,7 @@ func (v *vassalInit) prepareNamespace() error {
 	// A new network namespace starts with lo down, and programs that
 	// listen on 127.0.0.1 need it up.
 	if v.newNet {
-		if err := bringLoopbackUp(); err != nil {
+		if err := BringLoopbackUp(); err != nil {
 			return err
 		}
 	}

@@ -7,10 +7,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// bringLoopbackUp sets the loopback interface of the current network
+// BringLoopbackUp sets the loopback interface of the current network
 // namespace up with one RTM_NEWLINK request over a netlink socket, as
 // "ip link set lo up" does.
-func bringLoopbackUp() error {
+func BringLoopbackUp() error {
 	index, err := interfaceIndex("lo")
 	if err != nil {
 		return fmt.Errorf("finding the loopback interface of the vassal's network namespace: %w", err)

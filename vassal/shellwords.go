@@ -157,3 +157,9 @@ func shellExpansionAt(command string, i int) (construct string, isVariable bool)
 func isShellNameByte(c byte) bool {
 	return c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }
+
+// SplitCommand splits a command line into argv with the rules of exec
+// lines: shell words, no shell, and shell syntax rejected.
+func SplitCommand(line string) ([]string, error) {
+	return splitCommand(line)
+}

@@ -1,6 +1,4 @@
-// Package initd holds the duties of pid 1: reaping orphans when fief is not
-// pid 1, early mounts in a VM, signals and shutdown.
-package initd
+package reaper
 
 import (
 	"log/slog"

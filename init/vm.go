@@ -1,0 +1,231 @@
+package initd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"fief/emperor"
+	"fief/reaper"
+	"fief/vassal"
+)
+
+// VassalDir is the vassal directory of the emperor in a VM.
+const VassalDir = "/etc/fief/vassals"
+
+// shutdownGrace is how long processes get between SIGTERM and SIGKILL when
+// the VM shuts down.
+const shutdownGrace = 5 * time.Second
+
+// RunVM is pid 1 of a VM booted from an initramfs. It mounts the early
+// filesystems, loads the kernel modules named by fief.modules=, brings lo up
+// and leaves the initramfs root, then runs the emperor over VassalDir when
+// that directory exists and the command (argv, or fief.exec=) when there is
+// one. When the command exits, or the emperor when there is no command, or
+// on SIGTERM, SIGINT or ctrl-alt-del, it stops everything, syncs, unmounts,
+// prints "fief: exit status N" and powers off.
+//
+// As pid 1 it never returns. Run by hand as another pid, it does the same
+// work without touching the machine-wide state (no mounts over /, no
+// module loading, no power-off) and returns the exit status.
+func RunVM(log *slog.Logger, argv []string) int {
+	pid1 := os.Getpid() == 1
+	vm := &vmInit{log: log, pid1: pid1}
+	status := vm.run(argv)
+	if !pid1 {
+		return status
+	}
+	vm.shutdown(status)
+	return status // not reached: shutdown powers off or blocks for ever
+}
+
+type vmInit struct {
+	log    *slog.Logger
+	pid1   bool
+	params bootParams
+	reaper *reaper.Reaper
+}
+
+// run does the work of the VM and returns its exit status. Every panic is
+// caught: pid 1 must never die, or the kernel panics.
+func (vm *vmInit) run(argv []string) (status int) {
+	defer func() {
+		if r := recover(); r != nil {
+			vm.log.Error("fief init panicked; shutting down", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			status = 1
+		}
+	}()
+
+	if vm.pid1 {
+		if err := vm.prepareSystem(); err != nil {
+			vm.log.Error("preparing the system failed", "err", err)
+			return 1
+		}
+	}
+
+	command := argv
+	if len(command) == 0 && vm.params.exec != "" {
+		words, err := vassal.SplitCommand(vm.params.exec)
+		if err != nil {
+			vm.log.Error("invalid fief.exec on the kernel command line", "value", vm.params.exec, "err", err)
+			return 1
+		}
+		command = words
+	}
+	return vm.runWorkload(command)
+}
+
+// prepareSystem turns the bare initramfs into a system vassals can run on.
+func (vm *vmInit) prepareSystem() error {
+	// Leave the initramfs first: the bind mount that replaces it carries
+	// only what is there now, and every later mount goes on top of it.
+	if err := leaveInitramfs(); err != nil {
+		return err
+	}
+	if err := mountEarly(vm.log); err != nil {
+		return err
+	}
+	ensureConsole()
+
+	params, err := readBootParams("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	vm.params = params
+
+	// Ctrl-Alt-Del then sends SIGINT to pid 1 instead of rebooting at once.
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF); err != nil {
+		vm.log.Warn("turning ctrl-alt-del into SIGINT failed", "err", err)
+	}
+
+	if len(params.modules) > 0 {
+		if err := loadModules(vm.log, "/lib/modules", params.modules); err != nil {
+			return err
+		}
+	}
+	mountFUSEControl(vm.log)
+
+	if err := vassal.BringLoopbackUp(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// runWorkload runs the emperor and the command and returns the status the
+// VM ends with: the command's, or the emperor's when there is no command.
+func (vm *vmInit) runWorkload(command []string) int {
+	vm.reaper = reaper.New(func(st reaper.Status) {
+		vm.log.Debug("reaped orphan", "orphan_pid", st.Pid, "status", st.String())
+	})
+
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	defer signal.Stop(signals)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var wg sync.WaitGroup
+	emperorStatus := make(chan int, 1)
+	if info, err := os.Stat(VassalDir); err == nil && info.IsDir() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := emperor.Run(ctx, vm.log, emperor.Options{
+				Dir:          VassalDir,
+				UseClone:     "fs,pid",
+				StatusSocket: emperor.DefaultStatusSocket,
+				Reaper:       vm.reaper,
+				// The emperor handles its own signals too; in a VM it
+				// stops on the same SIGTERM and SIGINT as the init.
+			})
+			if err != nil {
+				vm.log.Error("emperor failed", "err", err)
+				emperorStatus <- 1
+				return
+			}
+			emperorStatus <- 0
+		}()
+	} else if len(command) == 0 {
+		vm.log.Error("nothing to run: no vassal directory and no command; give fief.exec= on the kernel command line or add vassal files", "dir", VassalDir)
+		return 1
+	}
+
+	if len(command) == 0 {
+		var status int
+		select {
+		case status = <-emperorStatus:
+		case sig := <-signals:
+			vm.log.Info("stopping", "signal", unix.SignalName(sig.(unix.Signal)))
+			cancel()
+			status = <-emperorStatus
+		}
+		wg.Wait()
+		return status
+	}
+
+	status := vm.runCommand(command, signals)
+	cancel()
+	wg.Wait()
+	return status
+}
+
+// runCommand runs the command in its own session with the console as its
+// controlling terminal, and returns its exit status. A stop signal reaches
+// it as SIGTERM; after shutdownGrace it is left to the shutdown's SIGKILL.
+func (vm *vmInit) runCommand(command []string, signals <-chan os.Signal) int {
+	path, err := exec.LookPath(command[0])
+	if err != nil {
+		vm.log.Error("the command cannot be run", "command", command[0], "err", err)
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return ExitNotFound
+		}
+		return ExitNotExecutable
+	}
+	cmd := &exec.Cmd{
+		Path:        path,
+		Args:        command,
+		Stdin:       os.Stdin,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	if vm.pid1 && isTerminal(0) {
+		cmd.SysProcAttr.Setctty = true
+		cmd.SysProcAttr.Ctty = 0
+	}
+	child, err := vm.reaper.Start(cmd)
+	if err != nil {
+		vm.log.Error("starting the command failed", "command", path, "err", err)
+		return ExitNotExecutable
+	}
+	vm.log.Info("command started", "command_pid", child.Pid, "argv", command)
+
+	for {
+		select {
+		case st := <-child.Done:
+			vm.log.Info("command exited", "command_pid", child.Pid, "status", st.String())
+			return st.ExitCode()
+		case sig := <-signals:
+			vm.log.Info("stopping the command", "signal", unix.SignalName(sig.(unix.Signal)), "command_pid", child.Pid)
+			_ = child.Signal(unix.SIGTERM)
+			select {
+			case st := <-child.Done:
+				return st.ExitCode()
+			case <-time.After(shutdownGrace):
+				vm.log.Warn("the command ignored SIGTERM; shutting down anyway", "command_pid", child.Pid, "grace", shutdownGrace)
+				return 128 + int(unix.SIGTERM)
+			}
+		}
+	}
+}
