@@ -7,7 +7,10 @@
 // It measures spawn, recovery and stop times of one vassal, the start and
 // stop of many vassals at once, and the RSS of the emperor and the vassal,
 // and prints a Markdown table with medians, maxima, ratios and targets.
-// bench/run.sh runs it; it needs root.
+//
+// Its container section compares "fief -- CMD" with tini (reaping orphans,
+// signal forwarding, exit latency) and "fief exec-as-user" with gosu, with
+// bench/initchild as CMD. bench/run.sh runs it; it needs root.
 package main
 
 import (
@@ -35,6 +38,19 @@ type config struct {
 	sideKeys   []string
 	fuseStep   string
 	resultsDir string
+
+	// Sections to run; -only picks one of them.
+	emperorSection   bool
+	containerSection bool
+
+	tiniPath       string
+	tiniStaticPath string
+	gosuPath       string
+	orphans        int // orphans per orphan run
+	orphanRuns     int
+	signals        int // SIGUSR1 signals sent through each init
+	exits          int // exit latency runs per init
+	execs          int // runs of each exec-as-user command
 }
 
 // emperorStopTimeout is how long an emperor may take to exit after its stop
@@ -56,13 +72,35 @@ func parseFlags() (*config, error) {
 	flag.StringVar(&sideList, "sides", "uwsgi,fief-busybox,fief-uwsgi", "comma-separated setups to measure: uwsgi, fief-busybox, fief-uwsgi")
 	flag.StringVar(&cfg.fuseStep, "fuse-step", "exec-pre-jail", "vassal key that runs fuse-zip: exec-pre-jail or exec-as-user")
 	flag.StringVar(&cfg.resultsDir, "results", "bench/results", "directory for the results file and the emperor logs; empty to write none")
+	only := flag.String("only", "", "run one section only: emperor (fief and the uWSGI Emperor) or container (fief -- and tini, fief exec-as-user and gosu); empty runs both")
+	flag.StringVar(&cfg.tiniPath, "tini", "/usr/bin/tini", "tini binary compared with fief --")
+	flag.StringVar(&cfg.tiniStaticPath, "tini-static", "/usr/bin/tini-static", "tini-static binary, for the size table only")
+	flag.StringVar(&cfg.gosuPath, "gosu", "/usr/sbin/gosu", "gosu binary compared with fief exec-as-user")
+	flag.IntVar(&cfg.orphans, "orphans", 10000, "orphans that each orphan run leaves to the init to reap (at most 30000)")
+	flag.IntVar(&cfg.orphanRuns, "orphan-runs", 3, "orphan runs of each init")
+	flag.IntVar(&cfg.signals, "signals", 1000, "SIGUSR1 signals sent through each init, in two sessions")
+	flag.IntVar(&cfg.exits, "exits", 200, "exit latency runs of each init")
+	flag.IntVar(&cfg.execs, "execs", 500, "runs of each exec-as-user command")
 	flag.Parse()
 
 	if flag.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q: bench takes flags only", flag.Args())
 	}
+	switch *only {
+	case "":
+		cfg.emperorSection, cfg.containerSection = true, true
+	case "emperor":
+		cfg.emperorSection = true
+	case "container":
+		cfg.containerSection = true
+	default:
+		return nil, fmt.Errorf("invalid -only %q: use emperor or container, or leave it empty for both", *only)
+	}
 	if cfg.runs < 1 || cfg.vassals < 1 {
 		return nil, errors.New("-runs and -vassals must be at least 1")
+	}
+	if cfg.orphans < 1 || cfg.orphans > 30000 || cfg.orphanRuns < 1 || cfg.signals < 2 || cfg.exits < 1 || cfg.execs < 1 {
+		return nil, errors.New("-orphans must be 1 to 30000, -signals at least 2, and -orphan-runs, -exits and -execs at least 1")
 	}
 	if cfg.portBase < 1024 || cfg.portBase > 65000 {
 		return nil, fmt.Errorf("invalid -port-base %d: use a port between 1024 and 65000", cfg.portBase)
@@ -87,12 +125,21 @@ func parseFlags() (*config, error) {
 	if _, err := os.Stat(cfg.fiefPath); err != nil {
 		return nil, fmt.Errorf("fief binary not found: %w; run make build", err)
 	}
-	if cfg.uwsgiPath, err = exec.LookPath(cfg.uwsgiPath); err != nil {
-		return nil, fmt.Errorf("uWSGI not found: %w; install the Debian packages uwsgi-core and uwsgi-plugin-psgi", err)
+	if cfg.emperorSection {
+		if cfg.uwsgiPath, err = exec.LookPath(cfg.uwsgiPath); err != nil {
+			return nil, fmt.Errorf("uWSGI not found: %w; install the Debian packages uwsgi-core and uwsgi-plugin-psgi", err)
+		}
+		for _, tool := range []string{"fuse-zip", "busybox"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				return nil, fmt.Errorf("%s not found in PATH: %w; run make bench-deps", tool, err)
+			}
+		}
 	}
-	for _, tool := range []string{"fuse-zip", "busybox"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("%s not found in PATH: %w; run make bench-deps", tool, err)
+	if cfg.containerSection {
+		for _, path := range []string{cfg.tiniPath, cfg.tiniStaticPath, cfg.gosuPath, "/bin/true"} {
+			if _, err := os.Stat(path); err != nil {
+				return nil, fmt.Errorf("%w; run make bench-deps (Debian packages tini and gosu)", err)
+			}
 		}
 	}
 	return cfg, nil
@@ -105,7 +152,7 @@ func run() int {
 		return 2
 	}
 	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "bench: must run as root: vassals need new mount and pid namespaces and FUSE mounts")
+		fmt.Fprintln(os.Stderr, "bench: must run as root: vassals and inits need new mount and pid namespaces, and vassals FUSE mounts")
 		return 2
 	}
 
@@ -113,14 +160,62 @@ func run() int {
 	defer stop()
 
 	began := time.Now()
-	machine := describeMachine(cfg)
+	stamp := began.UTC().Format("20060102-150405")
+	logCopy := ""
+	if cfg.resultsDir != "" {
+		logCopy = filepath.Join(cfg.resultsDir, "bench-"+stamp+"-logs")
+	}
+
+	var report strings.Builder
+	fmt.Fprintf(&report, "# fief benchmark, %s\n\n", began.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&report, "Harness arguments: %s\n\n", strings.Join(os.Args[1:], " "))
+	report.WriteString(describeMachine(cfg))
+
+	failed := false
+	if cfg.emperorSection {
+		section, ok := runEmperorSection(ctx, cfg, logCopy)
+		report.WriteString(section)
+		failed = failed || !ok
+	}
+	if cfg.containerSection && ctx.Err() == nil {
+		section, ok := runContainerSection(ctx, cfg, logCopy)
+		report.WriteString(section)
+		failed = failed || !ok
+	}
+	if logCopy != "" {
+		fmt.Fprintf(&report, "\nLogs: %s\n", logCopy)
+	}
+
+	fmt.Print(report.String())
+	if cfg.resultsDir != "" {
+		path := filepath.Join(cfg.resultsDir, "bench-"+stamp+".md")
+		if err := os.WriteFile(path, []byte(report.String()), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: writing %s failed: %v\n", path, err)
+		} else {
+			fmt.Fprintf(os.Stderr, "bench: results written to %s\n", path)
+		}
+	}
+
+	if failed || ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "bench: some measurements failed or left something behind; see above")
+		return 1
+	}
+	return 0
+}
+
+// runEmperorSection measures every selected emperor side and returns the
+// Markdown section of the report, and false when a measurement failed or
+// the clean-up found something left behind.
+func runEmperorSection(ctx context.Context, cfg *config, logCopy string) (string, bool) {
 	ws, err := newWorkspace(cfg.portBase)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		problems := []string{err.Error()}
 		if ws != nil {
-			reportProblems(ws.cleanup())
+			problems = append(problems, ws.cleanup()...)
 		}
-		return 1
+		reportProblems(problems)
+		return renderProblems("## fief emperor and the uWSGI Emperor\n\n", problems), false
 	}
 	fmt.Fprintf(os.Stderr, "bench: workspace %s\n", ws.root)
 
@@ -135,38 +230,62 @@ func run() int {
 		}
 	}
 
-	stamp := began.UTC().Format("20060102-150405")
-	logCopy := ""
-	if cfg.resultsDir != "" {
-		logCopy = filepath.Join(cfg.resultsDir, "bench-"+stamp+"-logs")
+	if logCopy != "" {
 		if err := copyDir(ws.logs, logCopy); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: copying the emperor logs failed: %v\n", err)
-			logCopy = ""
 		}
 	}
 	problems := ws.cleanup()
 	reportProblems(problems)
 
-	report := renderReport(cfg, began, machine, results, problems, logCopy)
-	fmt.Print(report)
-	if cfg.resultsDir != "" {
-		path := filepath.Join(cfg.resultsDir, "bench-"+stamp+".md")
-		if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: writing %s failed: %v\n", path, err)
-		} else {
-			fmt.Fprintf(os.Stderr, "bench: results written to %s\n", path)
-		}
-	}
-
-	failed := ctx.Err() != nil || len(problems) > 0
+	ok := len(problems) == 0
 	for _, r := range results {
-		failed = failed || r.failed()
+		ok = ok && !r.failed()
 	}
-	if failed {
-		fmt.Fprintln(os.Stderr, "bench: some measurements failed or left something behind; see above")
-		return 1
+	return renderReport(cfg, results, problems), ok
+}
+
+// runContainerSection measures fief -- against tini and fief exec-as-user
+// against gosu, and returns the Markdown section of the report, and false
+// when a measurement failed or the clean-up found something left behind.
+func runContainerSection(ctx context.Context, cfg *config, logCopy string) (string, bool) {
+	const heading = "## fief -- and tini, fief exec-as-user and gosu\n\n"
+	fmt.Fprintln(os.Stderr, "bench: container: building bench/initchild")
+	b, err := newInitBench(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: container: %v\n", err)
+		problems := []string{err.Error()}
+		if b != nil {
+			problems = append(problems, b.cleanup("")...)
+		}
+		reportProblems(problems)
+		return renderProblems(heading, problems), false
 	}
-	return 0
+	fmt.Fprintf(os.Stderr, "bench: container: temporary directory %s\n", b.dir)
+
+	b.run(ctx)
+	problems := b.cleanup(logCopy)
+	reportProblems(problems)
+
+	var out strings.Builder
+	out.WriteString(heading)
+	fmt.Fprintf(&out, "- orphans per run: %d, orphan runs: %d, signals: %d, exit runs: %d per init; exec-as-user runs: %d per command\n",
+		cfg.orphans, cfg.orphanRuns, cfg.signals, cfg.exits, cfg.execs)
+	out.WriteString("- each init runs as pid 1 of a new pid namespace; ratios are fief's figure over tini's or gosu's\n\n")
+	out.WriteString(renderInitTables(cfg, b))
+	out.WriteString("\n```\n")
+	out.WriteString(renderInitRaw(b))
+	out.WriteString("```\n")
+	out.WriteString(renderCleanup(problems, "every init exited; no process was left and the temporary directory was removed."))
+
+	ok := len(problems) == 0
+	for _, s := range b.inits {
+		ok = ok && !s.result.failed()
+	}
+	for _, s := range b.execs {
+		ok = ok && !s.result.failed()
+	}
+	return out.String(), ok
 }
 
 // runSide starts the side's emperor on an empty directory, runs every
@@ -230,12 +349,10 @@ func reportProblems(problems []string) {
 	}
 }
 
-// renderReport returns the Markdown report of a run.
-func renderReport(cfg *config, began time.Time, machine string, results []*sideResult, problems []string, logCopy string) string {
+// renderReport returns the Markdown section of the emperor benchmark.
+func renderReport(cfg *config, results []*sideResult, problems []string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# fief and uWSGI Emperor benchmark, %s\n\n", began.UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&b, "Harness arguments: %s\n\n", strings.Join(os.Args[1:], " "))
-	b.WriteString(machine)
+	b.WriteString("## fief emperor and the uWSGI Emperor\n\n")
 	fmt.Fprintf(&b, "- runs per measurement: %d; vassals started at once: %d; FUSE step key: %s; fuse-zip runs as root\n\n",
 		cfg.runs, cfg.vassals, cfg.fuseStep)
 
@@ -252,18 +369,33 @@ func renderReport(cfg *config, began time.Time, machine string, results []*sideR
 	b.WriteString("\n```\n")
 	b.WriteString(renderRaw(results))
 	b.WriteString("```\n")
+	b.WriteString(renderCleanup(problems, "every emperor exited; no process and no mount was left under the workspace, and it was removed."))
+	b.WriteString("\n")
+	return b.String()
+}
 
-	if len(problems) > 0 {
-		b.WriteString("\nClean-up problems:\n\n")
-		for _, problem := range problems {
-			fmt.Fprintf(&b, "- %s\n", problem)
-		}
-	} else {
-		b.WriteString("\nClean-up: every emperor exited; no process and no mount was left under the workspace, and it was removed.\n")
+// renderCleanup returns the clean-up paragraph of a section.
+func renderCleanup(problems []string, clean string) string {
+	if len(problems) == 0 {
+		return "\nClean-up: " + clean + "\n"
 	}
-	if logCopy != "" {
-		fmt.Fprintf(&b, "\nEmperor logs: %s\n", logCopy)
+	var b strings.Builder
+	b.WriteString("\nClean-up problems:\n\n")
+	for _, problem := range problems {
+		fmt.Fprintf(&b, "- %s\n", problem)
 	}
+	return b.String()
+}
+
+// renderProblems returns a section that only lists why it could not run.
+func renderProblems(heading string, problems []string) string {
+	var b strings.Builder
+	b.WriteString(heading)
+	b.WriteString("The section did not run:\n\n")
+	for _, problem := range problems {
+		fmt.Fprintf(&b, "- %s\n", problem)
+	}
+	b.WriteString("\n")
 	return b.String()
 }
 

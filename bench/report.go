@@ -275,9 +275,16 @@ func describeMachine(cfg *config) string {
 	fmt.Fprintf(&b, "- kernel: %s\n", kernel)
 	fmt.Fprintf(&b, "- load average before the run: %s\n", loadAverage())
 	fmt.Fprintf(&b, "- fief: %s\n", firstLine(cfg.fiefPath, "version"))
-	fmt.Fprintf(&b, "- uWSGI: %s (%s)\n", firstLine(cfg.uwsgiPath, "--version"), cfg.uwsgiPath)
-	fmt.Fprintf(&b, "- %s\n", firstLine("fuse-zip", "-V"))
-	fmt.Fprintf(&b, "- %s\n", firstLine("busybox"))
+	if cfg.emperorSection {
+		fmt.Fprintf(&b, "- uWSGI: %s (%s)\n", firstLine(cfg.uwsgiPath, "--version"), cfg.uwsgiPath)
+		fmt.Fprintf(&b, "- %s\n", firstLine("fuse-zip", "-V"))
+		fmt.Fprintf(&b, "- %s\n", firstLine("busybox"))
+	}
+	if cfg.containerSection {
+		fmt.Fprintf(&b, "- %s (%s)\n", firstLine(cfg.tiniPath, "--version"), cfg.tiniPath)
+		fmt.Fprintf(&b, "- gosu %s (%s)\n", firstLine(cfg.gosuPath, "--version"), cfg.gosuPath)
+	}
+	b.WriteString("\n")
 	return b.String()
 }
 

@@ -1,8 +1,10 @@
 #!/bin/sh
-# Runs the side-by-side benchmark of fief and the uWSGI Emperor (bench/*.go)
-# and prints the results table. BENCHMARKS.md describes the method.
+# Runs the side-by-side benchmarks (bench/*.go) of the fief emperor and the
+# uWSGI Emperor, of "fief --" and tini, and of "fief exec-as-user" and gosu,
+# and prints the results tables. BENCHMARKS.md describes the method.
 # Needs root and the Debian packages that "make bench-deps" installs.
-# Arguments go to the harness, e.g. ./bench/run.sh -runs 3 -sides uwsgi.
+# Arguments go to the harness, e.g. ./bench/run.sh -runs 3 -sides uwsgi, or
+# ./bench/run.sh -only container to run the tini and gosu comparisons only.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -15,17 +17,34 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 
-missing=""
-for tool in go uwsgi fuse-zip busybox; do
-	command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+# The section that -only selects, if any; the harness checks the value, and
+# the paths of tini and gosu, which flags can change.
+only=""
+previous=""
+for arg in "$@"; do
+	case "$arg" in
+	-only=* | --only=*) only=${arg#*=} ;;
+	esac
+	case "$previous" in
+	-only | --only) only=$arg ;;
+	esac
+	previous=$arg
 done
-# Debian's uwsgi-core loads plugins from this directory.
-[ -f /usr/lib/uwsgi/plugins/psgi_plugin.so ] || missing="$missing psgi_plugin.so"
+
+missing=""
+command -v go >/dev/null 2>&1 || missing="$missing go"
+if [ "$only" != container ]; then
+	for tool in uwsgi fuse-zip busybox; do
+		command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+	done
+	# Debian's uwsgi-core loads plugins from this directory.
+	[ -f /usr/lib/uwsgi/plugins/psgi_plugin.so ] || missing="$missing psgi_plugin.so"
+fi
 if [ -n "$missing" ]; then
 	echo "bench: missing:$missing; run 'make bench-deps' (Debian packages uwsgi-core, uwsgi-plugin-psgi, fuse-zip, busybox-static) or install Go" >&2
 	exit 1
 fi
-if [ ! -c /dev/fuse ]; then
+if [ "$only" != container ] && [ ! -c /dev/fuse ]; then
 	echo "bench: /dev/fuse is missing: load the fuse module (modprobe fuse)" >&2
 	exit 1
 fi

@@ -133,7 +133,7 @@ func (w *workspace) allocatePort() (int, error) {
 func (w *workspace) cleanup() []string {
 	var problems []string
 
-	killed, err := w.killLeftovers()
+	killed, err := killLeftovers(w.root)
 	if err != nil {
 		problems = append(problems, err.Error())
 	}
@@ -178,9 +178,9 @@ func (w *workspace) cleanup() []string {
 }
 
 // killLeftovers sends SIGKILL to every live process whose command line
-// mentions the workspace or whose working directory is inside it, and waits
-// up to 5 s for them to exit.
-func (w *workspace) killLeftovers() ([]proc, error) {
+// mentions root or whose working directory is inside it, and waits up to 5 s
+// for them to exit.
+func killLeftovers(root string) ([]proc, error) {
 	table, err := scanProcs()
 	if err != nil {
 		return nil, err
@@ -191,7 +191,7 @@ func (w *workspace) killLeftovers() ([]proc, error) {
 			continue
 		}
 		dir := cwd(p.pid)
-		if strings.Contains(p.cmdline(), w.root) || dir == w.root || strings.HasPrefix(dir, w.root+"/") {
+		if strings.Contains(p.cmdline(), root) || dir == root || strings.HasPrefix(dir, root+"/") {
 			leftovers = append(leftovers, p)
 		}
 	}

@@ -73,7 +73,7 @@ func loadModules(log *slog.Logger, base string, names []string) error {
 		return fmt.Errorf("reading the module list: %w", err)
 	}
 
-	loader := &moduleLoader{log: log, dir: dir, deps: deps, loaded: make(map[string]bool)}
+	loader := &moduleLoader{log: log, dir: dir, deps: deps, loaded: make(map[string]bool), insert: insertModule}
 	for _, name := range names {
 		if err := loader.load(moduleName(name), nil); err != nil {
 			return err
@@ -87,6 +87,8 @@ type moduleLoader struct {
 	dir    string
 	deps   moduleDeps
 	loaded map[string]bool
+	// insert loads one module file into the kernel.
+	insert func(name, path string) error
 }
 
 func (l *moduleLoader) load(name string, chain []string) error {
@@ -123,7 +125,8 @@ func (l *moduleLoader) load(name string, chain []string) error {
 	return nil
 }
 
-func (l *moduleLoader) insert(name, path string) error {
+// insertModule loads the module file at path with finit_module(2).
+func insertModule(name, path string) error {
 	file, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("opening kernel module %q: %w", name, err)

@@ -66,28 +66,25 @@ func TestModuleLoadOrder(t *testing.T) {
 	}
 
 	var order []string
-	loader := &moduleLoader{log: slog.New(slog.NewTextHandler(io.Discard, nil)), dir: dir, deps: deps, loaded: map[string]bool{}}
-	// Record instead of calling finit_module: mark each module loaded
-	// as the recursion reaches it.
-	var visit func(string) error
-	visit = func(name string) error {
-		if loader.loaded[name] {
+	loader := &moduleLoader{
+		log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		dir:    dir,
+		deps:   deps,
+		loaded: map[string]bool{},
+		insert: func(name, path string) error {
+			order = append(order, name+" "+filepath.Base(path))
 			return nil
-		}
-		for _, d := range deps[name].deps {
-			if err := visit(d); err != nil {
-				return err
-			}
-		}
-		loader.loaded[name] = true
-		order = append(order, name)
-		return nil
+		},
 	}
-	if err := visit("top"); err != nil {
-		t.Fatal(err)
+	if err := loader.load("top", nil); err != nil {
+		t.Fatalf("load(top): %v", err)
 	}
-	if want := []string{"leaf", "mid_dep", "top"}; !reflect.DeepEqual(order, want) {
-		t.Errorf("load order = %v, want %v", order, want)
+	if err := loader.load("mid-dep", nil); err != nil {
+		t.Fatalf("load(mid-dep) again: %v", err)
+	}
+	want := []string{"leaf leaf.ko", "mid_dep mid-dep.ko.xz", "top top.ko"}
+	if !reflect.DeepEqual(order, want) {
+		t.Errorf("insert order = %v, want %v (each module once, dependencies first)", order, want)
 	}
 
 	if err := loader.load("nosuchmodule", nil); err == nil || !strings.Contains(err.Error(), `kernel module "nosuchmodule" not found`) {
