@@ -75,7 +75,7 @@ func loadModules(log *slog.Logger, base string, names []string) error {
 
 	loader := &moduleLoader{log: log, dir: dir, deps: deps, loaded: make(map[string]bool), insert: insertModule}
 	for _, name := range names {
-		if err := loader.load(moduleName(name), nil); err != nil {
+		if err := loader.load(name, nil); err != nil {
 			return err
 		}
 	}
@@ -92,6 +92,7 @@ type moduleLoader struct {
 }
 
 func (l *moduleLoader) load(name string, chain []string) error {
+	name = moduleName(name)
 	if l.loaded[name] {
 		return nil
 	}
