@@ -82,7 +82,7 @@ func printPlan(w io.Writer, cfg *Config) {
 	case cfg.Exec != nil:
 		fmt.Fprintf(w, "  program:         line %d: %s\n", cfg.Exec.Line, quoteArgv(cfg.Exec.Argv))
 	default:
-		fmt.Fprintf(w, "  program:         %s --ini <runtime dir>/uwsgi.ini with %d uWSGI option(s)\n", uwsgiProgram, len(cfg.UWSGIOptions))
+		fmt.Fprintf(w, "  program:         %s --ini fd://3 with %d uWSGI option(s)\n", uwsgiProgram, len(cfg.UWSGIOptions))
 	}
 	if cfg.Chdir != "" {
 		fmt.Fprintf(w, "  chdir:           %s\n", cfg.Chdir)

@@ -403,21 +403,24 @@ func (v *vassalInit) runCommandUnstoppable(phase Phase, argv []string, creds *Cr
 // the chdir directory. Go applies the directory after setuid, so it must be
 // reachable by the vassal's user.
 func (v *vassalInit) startProgram() (*reaper.Child, error) {
-	argv, err := v.programArgv()
-	if err != nil {
-		return nil, err
+	text := "uwsgi"
+	if v.cfg.Exec != nil {
+		text = v.cfg.Exec.Text
 	}
-	cmd, err := v.newCommand(argv, v.creds)
+	cmd, err := v.programCommand()
 	if err != nil {
-		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: strings.Join(argv, " "), Err: err}
+		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: text, Err: err}
 	}
 	cmd.Dir = v.cfg.Chdir
 
 	child, err := v.start(cmd)
-	if err != nil {
-		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: strings.Join(argv, " "), Err: err}
+	for _, extra := range cmd.ExtraFiles {
+		extra.Close()
 	}
-	v.log.Info("program started", "program_ns_pid", child.Pid, "argv", argv)
+	if err != nil {
+		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: text, Err: err}
+	}
+	v.log.Info("program started", "program_ns_pid", child.Pid, "argv", cmd.Args)
 	return child, nil
 }
 

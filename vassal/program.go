@@ -3,7 +3,7 @@ package vassal
 import (
 	"fmt"
 	"os"
-	"path/filepath"
+	"os/exec"
 	"strings"
 )
 
@@ -11,22 +11,32 @@ import (
 // application keys and no exec line.
 const uwsgiProgram = "uwsgi"
 
-// programArgv returns the vassal's program: the exec line, or uWSGI with the
-// file's application keys written to an ini file in the runtime directory.
-func (v *vassalInit) programArgv() ([]string, error) {
+// programCommand builds the vassal's program: the exec line, or uWSGI with
+// the file's application keys. uWSGI reads them as an ini file from
+// descriptor 3, a pipe, so no file is left behind and nothing depends on
+// a directory that pivot_root may have moved away.
+func (v *vassalInit) programCommand() (*exec.Cmd, error) {
 	if v.cfg.Exec != nil {
-		return v.cfg.Exec.Argv, nil
+		return v.newCommand(v.cfg.Exec.Argv, v.creds)
 	}
 
-	dir, err := v.runtimeDir()
+	cmd, err := v.newCommand([]string{uwsgiProgram, "--ini", "fd://3"}, v.creds)
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dir, "uwsgi.ini")
-	if err := os.WriteFile(path, []byte(UWSGIIni(v.cfg)), 0o644); err != nil {
-		return nil, fmt.Errorf("writing the uWSGI configuration %q: %w", path, err)
+	read, write, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("creating the pipe for the uWSGI configuration: %w", err)
 	}
-	return []string{uwsgiProgram, "--ini", path}, nil
+	ini := UWSGIIni(v.cfg)
+	go func() {
+		// A pipe holds 64 KiB; a larger configuration is written while
+		// uWSGI reads it.
+		_, _ = write.Write([]byte(ini))
+		write.Close()
+	}()
+	cmd.ExtraFiles = []*os.File{read}
+	return cmd, nil
 }
 
 // UWSGIIni renders the uWSGI application keys of cfg, in file order, as the
