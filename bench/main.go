@@ -39,7 +39,7 @@ type config struct {
 	fuseStep   string
 	resultsDir string
 
-	// Sections to run; -only picks one of them.
+	// Sections to run. -only picks one of them, and both run without it.
 	emperorSection   bool
 	containerSection bool
 

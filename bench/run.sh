@@ -17,7 +17,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 
-# The section that -only selects, if any; the harness checks the value, and
+# The section that -only selects, if any. The harness checks the value, and
 # the paths of tini and gosu, which flags can change.
 only=""
 previous=""
