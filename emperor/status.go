@@ -26,13 +26,15 @@ type VassalStatus struct {
 	Name  string `json:"name"`
 	State string `json:"state"`
 	// Pid is the vassal init's pid, 0 when none runs.
-	Pid           int                  `json:"pid"`
-	UptimeSeconds float64              `json:"uptime_seconds"`
-	Restarts      int                  `json:"restarts"`
-	LastExit      string               `json:"last_exit,omitempty"`
-	LastExitAt    *time.Time           `json:"last_exit_at,omitempty"`
-	Error         string               `json:"error,omitempty"`
-	Mounts        []vassal.MountStatus `json:"mounts"`
+	Pid           int        `json:"pid"`
+	UptimeSeconds float64    `json:"uptime_seconds"`
+	Restarts      int        `json:"restarts"`
+	LastExit      string     `json:"last_exit,omitempty"`
+	LastExitAt    *time.Time `json:"last_exit_at,omitempty"`
+	// Error is why the vassal last failed: its file's error, or the last
+	// error its vassal init reported. It is cleared when a program starts.
+	Error  string               `json:"error,omitempty"`
+	Mounts []vassal.MountStatus `json:"mounts"`
 }
 
 // Report is the emperor's status report.
@@ -93,20 +95,29 @@ func (b *statusBoard) snapshot() []VassalStatus {
 	return out
 }
 
-// readMountStatus reads the JSON lines a vassal init writes about its mount
-// checks until the init exits and the pipe closes.
-func (s *supervisor) readMountStatus(pipe *os.File, pid int) {
+// readStatus reads the status lines of a vassal init until the init exits
+// and the pipe closes.
+func (s *supervisor) readStatus(pipe *os.File, pid int) {
 	defer pipe.Close()
 	scanner := bufio.NewScanner(pipe)
 	for scanner.Scan() {
-		mounts, err := vassal.ParseMountStatus(scanner.Text())
+		event, err := vassal.ParseStatusEvent(scanner.Text())
 		if err != nil {
-			s.log.Warn("invalid mount status from the vassal init", "pid", pid, "err", err)
+			s.log.Warn("invalid status line from the vassal init", "pid", pid, "err", err)
 			continue
 		}
 		s.e.board.update(s, func(entry *statusEntry) {
-			if entry.status.Pid == pid {
-				entry.status.Mounts = mounts
+			switch {
+			case event.Error != "":
+				// Kept after the init exits: it is why it exited.
+				entry.status.Error = event.Error
+			case entry.status.Pid != pid:
+				// A late line of an init that has been replaced.
+			case event.Running:
+				entry.status.State = StateRunning
+				entry.status.Error = ""
+			default:
+				entry.status.Mounts = event.Mounts
 			}
 		})
 	}

@@ -127,8 +127,6 @@ func (s *supervisor) setState(state string) {
 		}
 		if s.snap != nil && s.snap.err != nil {
 			entry.status.Error = s.snap.err.Error()
-		} else {
-			entry.status.Error = ""
 		}
 	})
 }
@@ -262,10 +260,9 @@ func (s *supervisor) start() {
 		// Only the init keeps the write end, so the read end sees EOF
 		// when the init exits.
 		statusWrite.Close()
-		if err == nil {
-			go s.readMountStatus(statusRead, s.child.Pid)
-		} else {
+		if err != nil {
 			statusRead.Close()
+			statusRead = nil
 		}
 	}
 	if err != nil {
@@ -282,7 +279,13 @@ func (s *supervisor) start() {
 	s.started = time.Now()
 	s.running = s.snap
 	s.e.board.update(s, func(entry *statusEntry) { entry.started = s.started })
-	s.setState(StateRunning)
+	// The init reports "running" once the start-up steps are done and the
+	// program has started; the reader starts after the state is set so
+	// that report cannot be overwritten.
+	s.setState(StateStarting)
+	if statusRead != nil {
+		go s.readStatus(statusRead, s.child.Pid)
+	}
 	s.log.Info("vassal started", "pid", s.child.Pid, "restarts", s.restarts)
 }
 

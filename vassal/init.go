@@ -163,12 +163,14 @@ func (v *vassalInit) run() int {
 	cfg, err := ParseFile(v.file, ParseOptions{})
 	if err != nil {
 		v.log.Error("invalid vassal file; fix it and save it to retry", "err", err)
+		v.status.failed(err)
 		return ExitConfig
 	}
 	v.cfg = cfg
 	if v.tyrant != nil {
 		if err := CheckTyrant(cfg, *v.tyrant); err != nil {
 			v.log.Error("invalid vassal file for tyrant mode; fix it and save it to retry", "err", err)
+			v.status.failed(err)
 			return ExitConfig
 		}
 	}
@@ -344,6 +346,7 @@ func (v *vassalInit) abortStart(err error) int {
 		code = ExitStopped
 	} else {
 		v.log.Error("vassal start failed", "err", err)
+		v.status.failed(err)
 	}
 	v.runAtexit()
 	return code
@@ -362,10 +365,12 @@ func (v *vassalInit) loop(program *reaper.Child, checks *mountChecks) loopOutcom
 		select {
 		case st := <-program.Done:
 			v.log.Error("program exited unexpectedly", "program_ns_pid", st.Pid, "status", st.String())
+			v.status.failed(fmt.Errorf("the program exited unexpectedly: %s", st))
 			return loopOutcome{code: ExitFailed}
 
 		case failure := <-checks.failures:
 			v.log.Error("mount check failed; tearing the vassal down", "err", failure)
+			v.status.failed(failure)
 			v.stopProgram(program, v.cfg.StopTimeout)
 			return loopOutcome{code: ExitFailed}
 

@@ -421,6 +421,7 @@ func (v *vassalInit) startProgram() (*reaper.Child, error) {
 		return nil, &StepError{File: v.cfg.File, Line: v.programLine(), Phase: "program", Text: text, Err: err}
 	}
 	v.log.Info("program started", "program_ns_pid", child.Pid, "argv", cmd.Args)
+	v.status.running()
 	return child, nil
 }
 

@@ -16,9 +16,11 @@ type MountStatus struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
-// statusReporter writes the health of the mount checks to the emperor on an
-// inherited pipe, one line per change in the format of [FormatMountStatus].
-// A nil reporter writes nothing.
+// statusReporter tells the emperor about the vassal on an inherited pipe,
+// one line per event: "mounts " and the health of the mount checks in the
+// format of [FormatMountStatus], "running" once the program has started,
+// and "error " and a quoted message when a start or a check fails. A nil
+// reporter writes nothing.
 type statusReporter struct {
 	mu     sync.Mutex
 	file   *os.File
@@ -52,10 +54,61 @@ func (r *statusReporter) fail(path, detail string) {
 	r.send()
 }
 
-// send writes the current list. A write error means the emperor is gone;
-// there is nobody left to tell.
+// running reports that the program has started.
+func (r *statusReporter) running() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.write("running")
+}
+
+// failed reports why the vassal is stopping or could not start.
+func (r *statusReporter) failed(err error) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.write("error " + strconv.Quote(err.Error()))
+}
+
+// send writes the current list.
 func (r *statusReporter) send() {
-	_, _ = r.file.Write([]byte(FormatMountStatus(r.mounts) + "\n"))
+	r.write("mounts " + FormatMountStatus(r.mounts))
+}
+
+// write sends one line. A write error means the emperor is gone, and
+// there is nobody left to tell.
+func (r *statusReporter) write(line string) {
+	_, _ = r.file.Write([]byte(line + "\n"))
+}
+
+// StatusEvent is one line of the vassal init's status pipe.
+type StatusEvent struct {
+	Mounts  []MountStatus // set for a "mounts" line
+	Running bool          // set for a "running" line
+	Error   string        // set for an "error" line
+}
+
+// ParseStatusEvent decodes one line written by a statusReporter.
+func ParseStatusEvent(line string) (StatusEvent, error) {
+	kind, rest, _ := strings.Cut(line, " ")
+	switch kind {
+	case "mounts":
+		mounts, err := ParseMountStatus(rest)
+		return StatusEvent{Mounts: mounts}, err
+	case "running":
+		return StatusEvent{Running: true}, nil
+	case "error":
+		message, err := strconv.Unquote(rest)
+		if err != nil {
+			return StatusEvent{}, fmt.Errorf("parsing the error in %q: %w", line, err)
+		}
+		return StatusEvent{Error: message}, nil
+	}
+	return StatusEvent{}, fmt.Errorf("unknown status line %q", line)
 }
 
 // FormatMountStatus renders mounts as one line of Go-quoted fields, three
