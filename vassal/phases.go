@@ -50,16 +50,15 @@ func (v *vassalInit) startUp() error {
 		}
 	}
 
-	return v.enterUserPhases()
-}
-
-// enterUserPhases runs as-root, resolves the user in the (possibly new) root
-// and runs as-user. Both a fresh start and a reload go through it.
-func (v *vassalInit) enterUserPhases() error {
 	if err := v.runPhase(PhaseAsRoot, nil); err != nil {
 		return err
 	}
+	return v.enterUserPhase()
+}
 
+// enterUserPhase resolves the user in the (possibly new) root and runs the
+// as-user phase. Both a fresh start and a reload go through it.
+func (v *vassalInit) enterUserPhase() error {
 	creds, err := v.resolveCredentials()
 	if err != nil {
 		return err
@@ -75,16 +74,18 @@ func (v *vassalInit) enterUserPhases() error {
 	return v.runPhase(PhaseAsUser, v.creds)
 }
 
-// reload restarts the program inside the existing namespaces: the file is
-// read again with if-reload true, pre-jail and pivot_root are skipped, and
-// the as-root and as-user phases run again.
+// reload restarts the program inside the existing namespaces. The file is
+// read again with if-reload true. Pre-jail, pivot_root and as-root set the
+// namespaces up, which a reload keeps, so they do not run again, as in uWSGI;
+// hooks such as "umount:/.old_root" could not run twice anyway. The as-user
+// phase runs again.
 func (v *vassalInit) reload() error {
 	cfg, err := ParseFile(v.file, ParseOptions{Reload: true})
 	if err != nil {
 		return err
 	}
 	v.cfg = cfg
-	return v.enterUserPhases()
+	return v.enterUserPhase()
 }
 
 // resolveCredentials looks uid and gid up in the current root's passwd and
