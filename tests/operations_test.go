@@ -31,13 +31,22 @@ type opsWebVassal struct {
 
 func opsNewWebVassal(e *testEnv, name string) opsWebVassal {
 	e.t.Helper()
-	return opsWebVassal{
+	v := opsWebVassal{
 		file:   name + ".ini",
 		app:    e.newApp(name, "served by vassal "+name+"\n"),
 		port:   freePort(e.t),
 		starts: e.path(name + "-starts"),
 		atexit: e.path(name + "-atexit-ran"),
 	}
+	// The recording steps run as the vassal's user, in the phase that
+	// runs on a fresh start and on a reload alike.
+	if err := os.WriteFile(v.starts, nil, 0o666); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Chmod(v.starts, 0o666); err != nil {
+		e.t.Fatal(err)
+	}
+	return v
 }
 
 // content returns the vassal file: webVassal with the recording steps and
@@ -45,10 +54,10 @@ func opsNewWebVassal(e *testEnv, name string) opsWebVassal {
 func (v opsWebVassal) content(extra ...string) string {
 	lines := []string{
 		"if-not-reload =",
-		fmt.Sprintf(`exec-as-root = busybox sh -c "echo fresh >> %s"`, v.starts),
+		fmt.Sprintf(`exec-as-user = busybox sh -c "echo fresh >> %s"`, v.starts),
 		"endif =",
 		"if-reload =",
-		fmt.Sprintf(`exec-as-root = busybox sh -c "echo reload >> %s"`, v.starts),
+		fmt.Sprintf(`exec-as-user = busybox sh -c "echo reload >> %s"`, v.starts),
 		"endif =",
 		"exec-as-root-atexit = busybox touch " + v.atexit,
 	}
