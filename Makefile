@@ -7,7 +7,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Debian packages the tests and the demo use.
 TEST_PACKAGES  := fuse-zip fuse3 unionfs-fuse busybox-static zip file util-linux procps \
-                  runc docker.io containerd gosu tini
+                  runc docker.io containerd gosu tini \
+                  qemu-system-x86 linux-image-amd64 xz-utils
 BENCH_PACKAGES := $(TEST_PACKAGES) uwsgi-core uwsgi-plugin-psgi tini gosu bubblewrap
 
 .PHONY: build test test-unit test-integration demo bench deps bench-deps vet clean

@@ -66,6 +66,7 @@ func commands() []command {
 		{"status", "status [--socket PATH] [--json]", "show the vassals of a running emperor", runStatus},
 		{"check", "check FILE|DIR...", "validate vassal files and print the planned setup; exit 1 on error", runCheck},
 		{"init", "init [flags] [-- CMD [ARG...]]", "pid 1 of a VM: early mounts, modules, then the emperor and CMD, then power off", runInit},
+		{"mkinitramfs", "mkinitramfs -o FILE [flags]", "write an initramfs (newc cpio) with fief as /init, for booting fief in a VM", initd.MkInitramfs},
 		{"exec-as-user", "exec-as-user [flags] USER[:GROUP] CMD [ARG...]", "switch to USER and replace fief with CMD (no process stays behind)", runExecAsUser},
 		{"--", "[flags] -- CMD [ARG...]", "container init: run CMD, reap zombies, forward signals, exit with CMD's status", runContainer},
 		{"version", "version", "print fief's version and the Go version it was built with", runVersion},

@@ -223,8 +223,9 @@ func (vm *vmInit) runCommand(command []string, signals <-chan os.Signal) int {
 			case st := <-child.Done:
 				return st.ExitCode()
 			case <-time.After(shutdownGrace):
-				vm.log.Warn("the command ignored SIGTERM; shutting down anyway", "command_pid", child.Pid, "grace", shutdownGrace)
-				return 128 + int(unix.SIGTERM)
+				vm.log.Warn("the command ignored SIGTERM; sending SIGKILL", "command_pid", child.Pid, "grace", shutdownGrace)
+				_ = child.Signal(unix.SIGKILL)
+				return (<-child.Done).ExitCode()
 			}
 		}
 	}

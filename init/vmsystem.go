@@ -262,9 +262,11 @@ func (vm *vmInit) stopEverything() {
 	if vm.reaper == nil {
 		return
 	}
+	// kill(-1, 0) would succeed as long as kernel threads exist, so the
+	// processes left are counted in /proc instead.
 	alive := func() bool {
 		vm.reaper.Reap()
-		return unix.Kill(-1, 0) == nil
+		return userProcessesLeft()
 	}
 	if unix.Kill(-1, unix.SIGTERM) != nil {
 		return
@@ -275,6 +277,44 @@ func (vm *vmInit) stopEverything() {
 	vm.log.Warn("processes ignored SIGTERM; sending SIGKILL", "grace", shutdownGrace)
 	_ = unix.Kill(-1, unix.SIGKILL)
 	waitUntil(5*time.Second, func() bool { return !alive() })
+}
+
+// pfKthread is the PF_KTHREAD bit of the flags field of /proc/PID/stat.
+const pfKthread = 0x00200000
+
+// userProcessesLeft reports whether any process other than pid 1 and the
+// kernel's threads is still there, zombies included.
+func userProcessesLeft() bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, entry := range entries {
+		pid, err := strconv.Atoi(entry.Name())
+		if err != nil || pid == 1 {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + entry.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which may contain blanks, start
+		// after the last ')': state is the first, flags the seventh.
+		end := strings.LastIndexByte(string(data), ')')
+		if end < 0 {
+			continue
+		}
+		fields := strings.Fields(string(data[end+1:]))
+		if len(fields) < 7 {
+			continue
+		}
+		flags, err := strconv.ParseUint(fields[6], 10, 64)
+		if err == nil && flags&pfKthread != 0 {
+			continue
+		}
+		return true
+	}
+	return false
 }
 
 func waitUntil(timeout time.Duration, done func() bool) bool {
