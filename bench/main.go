@@ -77,7 +77,7 @@ func parseFlags() (*config, error) {
 	flag.StringVar(&cfg.tiniStaticPath, "tini-static", "/usr/bin/tini-static", "tini-static binary, for the size table only")
 	flag.StringVar(&cfg.gosuPath, "gosu", "/usr/sbin/gosu", "gosu binary compared with fief exec-as-user")
 	flag.IntVar(&cfg.orphans, "orphans", 10000, "orphans that each orphan run leaves to the init to reap (at most 30000)")
-	flag.IntVar(&cfg.orphanRuns, "orphan-runs", 3, "orphan runs of each init")
+	flag.IntVar(&cfg.orphanRuns, "orphan-runs", 5, "orphan runs of each init")
 	flag.IntVar(&cfg.signals, "signals", 1000, "SIGUSR1 signals sent through each init, in two sessions")
 	flag.IntVar(&cfg.exits, "exits", 200, "exit latency runs of each init")
 	flag.IntVar(&cfg.execs, "execs", 500, "runs of each exec-as-user command")
