@@ -1,6 +1,13 @@
 // Command fief is a pid-1 emperor of vassals: it runs each service in its own
 // mount and pid namespaces with the FUSE filesystems it needs, watches those
 // mounts, and restarts the service from a clean state when one fails.
+
+// fief sets GOMAXPROCS itself. These settings stop the runtime from reading
+// cgroup files at every start (vassal inits and exec-as-user start often)
+// and from waking an idle process to look for changed CPU limits.
+//
+//go:debug containermaxprocs=0
+//go:debug updatemaxprocs=0
 package main
 
 import (

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,12 @@ import (
 // debounce is how long the emperor collects inotify events for a file
 // before acting, so that a write followed by a chmod acts once.
 const debounce = 5 * time.Millisecond
+
+// settleDelay is how long the emperor must see no spawn, exit or file event
+// before it returns freed memory to the kernel. The Go runtime collects only
+// once the heap reaches 4 MB and hands pages back slowly, so without this a
+// burst of vassal starts would leave the emperor's RSS raised for minutes.
+const settleDelay = 2 * time.Second
 
 // createWait is how long the emperor waits for a newly created file to be
 // closed after writing before it reads the file anyway. A file created by
@@ -74,6 +81,9 @@ type Emperor struct {
 	control   *fusectl.Control
 
 	board *statusBoard
+	// activity receives a value when a supervisor spawns or reaps a vassal
+	// init; the loop then arms its one settle timer.
+	activity chan struct{}
 }
 
 // Run supervises opts.Dir until ctx ends or SIGTERM or SIGINT arrives, then
@@ -111,6 +121,7 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 		retired:    make(chan *supervisor, 16),
 		ignored:    make(map[string]bool),
 		board:      newStatusBoard(),
+		activity:   make(chan struct{}, 1),
 	}
 
 	// Orphans of vassal inits cannot reach the emperor (they stay in the
@@ -173,8 +184,19 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 	pending := make(map[string]*pendingEvents)
 	var flush <-chan time.Time
 
+	// One timer for the whole emperor, armed only after activity, so an
+	// idle emperor has no timer at all.
+	settle := time.NewTimer(settleDelay)
+	defer settle.Stop()
+
 	for {
 		select {
+		case <-e.activity:
+			settle.Reset(settleDelay)
+
+		case <-settle.C:
+			debug.FreeOSMemory()
+
 		case <-ctx.Done():
 			return nil
 
@@ -194,6 +216,7 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 			if !ok {
 				return errors.New("the inotify watch on the vassal directory ended")
 			}
+			settle.Reset(settleDelay)
 			switch {
 			case ev.overflow:
 				e.log.Warn("inotify queue overflowed; rescanning the vassal directory")
@@ -234,6 +257,14 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 			// The file may have come back while the old vassal stopped.
 			e.sync(s.name, false)
 		}
+	}
+}
+
+// noteActivity tells the loop that a vassal init was spawned or reaped.
+func (e *Emperor) noteActivity() {
+	select {
+	case e.activity <- struct{}{}:
+	default:
 	}
 }
 

@@ -205,6 +205,7 @@ func (s *supervisor) run(first *snapshot) {
 
 		case st := <-childDone:
 			s.child = nil
+			s.e.noteActivity()
 			if delay, respawn := s.exited(st); respawn {
 				if delay == 0 {
 					s.start()
@@ -276,6 +277,7 @@ func (s *supervisor) start() {
 		return
 	}
 
+	s.e.noteActivity()
 	s.started = time.Now()
 	s.running = s.snap
 	s.e.board.update(s, func(entry *statusEntry) { entry.started = s.started })

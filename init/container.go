@@ -74,9 +74,10 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 		}
 	}
 
+	// Never stopped: the process exits right after the command, and
+	// signal.Stop would restore each handler on the exit path.
 	signals := make(chan os.Signal, 16)
 	signal.Notify(signals, ForwardedSignals...)
-	defer signal.Stop(signals)
 
 	r := reaper.New(nil)
 

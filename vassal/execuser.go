@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -73,15 +74,17 @@ func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 		return &ExecError{Code: code, Err: fmt.Errorf("program %q: %w", path, err)}
 	}
 
+	// The credentials and no_new_privs are set on this thread only, and
+	// this thread calls execve: the new program gets the calling thread's
+	// credentials, and execve ends every other thread. One thread's calls
+	// are also cheaper than changing every thread of the runtime.
+	runtime.LockOSThread()
 	if err := switchUser(creds); err != nil {
 		return &ExecError{Code: ExitUserError, Err: err}
 	}
-
 	if opts.NoNewPrivs {
-		// prctl applies to the calling thread only; AllThreadsSyscall
-		// applies it to every thread of the Go runtime.
-		if _, _, errno := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); errno != 0 {
-			return &ExecError{Code: ExitUserError, Err: fmt.Errorf("setting no_new_privs: %w", errno)}
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return &ExecError{Code: ExitUserError, Err: fmt.Errorf("setting no_new_privs: %w", err)}
 		}
 	}
 
@@ -94,8 +97,9 @@ func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 }
 
 // switchUser sets the supplementary groups, the gid and the uid, in that
-// order, on every thread: syscall's setters go through AllThreadsSyscall
-// when cgo is off, unlike unix.Setgroups, which changes one thread.
+// order, on the calling thread only, with raw system calls: the setters of
+// package syscall would change every thread. The caller must hold the thread
+// locked and exec from it.
 func switchUser(creds *Credentials) error {
 	if os.Geteuid() != 0 {
 		if uint32(os.Getuid()) == creds.UID && uint32(os.Getgid()) == creds.GID {
@@ -105,18 +109,21 @@ func switchUser(creds *Credentials) error {
 			creds.UID, creds.GID, os.Getuid())
 	}
 
+	// unix.Setgroups is a raw per-thread call; setresgid and setresuid
+	// go through RawSyscall for the same reason.
 	groups := make([]int, len(creds.Groups))
 	for i, g := range creds.Groups {
 		groups[i] = int(g)
 	}
-	if err := syscall.Setgroups(groups); err != nil {
+	if err := unix.Setgroups(groups); err != nil {
 		return fmt.Errorf("setting supplementary groups %v: %w", creds.Groups, err)
 	}
-	if err := syscall.Setgid(int(creds.GID)); err != nil {
-		return fmt.Errorf("setting gid %d: %w", creds.GID, err)
+	gid, uid := uintptr(creds.GID), uintptr(creds.UID)
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETRESGID, gid, gid, gid); errno != 0 {
+		return fmt.Errorf("setting gid %d: %w", creds.GID, errno)
 	}
-	if err := syscall.Setuid(int(creds.UID)); err != nil {
-		return fmt.Errorf("setting uid %d: %w", creds.UID, err)
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, uid, uid, uid); errno != 0 {
+		return fmt.Errorf("setting uid %d: %w", creds.UID, errno)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -320,6 +321,10 @@ func (v *vassalInit) supervise() int {
 			checks.close()
 			return v.abortStart(err)
 		}
+
+		// Start-up garbage is gone for good; return it to the kernel
+		// instead of keeping it until the heap reaches 4 MB.
+		debug.FreeOSMemory()
 
 		outcome := v.loop(program, checks)
 		checks.close()
