@@ -17,6 +17,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"fief/reaper"
 )
 
 // MkInitramfs is `fief mkinitramfs`: it writes a newc cpio archive with fief
@@ -406,22 +408,18 @@ func hasELFMagic(file string) (bool, error) {
 func sharedLibraries(program string) ([]string, error) {
 	cmd := exec.Command("ldd", program)
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout = &stdout
-	cmd.Stderr = &stderr
-	runErr := cmd.Run()
-	output := stdout.String() + stderr.String()
+	stdout, stderr, status, runErr := reaper.Shared().Output(cmd)
+	if runErr != nil {
+		return nil, fmt.Errorf("running ldd to find the shared libraries of %s: %w; install the libc-bin package", program, runErr)
+	}
+	output := string(stdout) + string(stderr)
 	if strings.Contains(output, "not a dynamic executable") {
 		return nil, nil
 	}
-	if runErr != nil {
-		var exitErr *exec.ExitError
-		if !errors.As(runErr, &exitErr) {
-			return nil, fmt.Errorf("running ldd to find the shared libraries of %s: %w; install the libc-bin package", program, runErr)
-		}
-		return nil, fmt.Errorf("ldd %s failed: %v: %s", program, runErr, strings.TrimSpace(output))
+	if !status.Success() {
+		return nil, fmt.Errorf("ldd %s failed: %s: %s", program, status, strings.TrimSpace(output))
 	}
-	return parseLdd(stdout.String())
+	return parseLdd(string(stdout))
 }
 
 // parseLdd parses the output of glibc's ldd. The lines have these forms:
@@ -681,17 +679,16 @@ func readModule(file string) ([]byte, error) {
 		// without CONFIG_MODULE_DECOMPRESS cannot load compressed ones.
 		argv := append(append([]string(nil), tool.argv...), file)
 		cmd := exec.Command(argv[0], argv[1:]...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout = &stdout
-		cmd.Stderr = &stderr
-		err := cmd.Run()
+		stdout, stderr, status, err := reaper.Shared().Output(cmd)
 		switch {
-		case errors.Is(err, exec.ErrNotFound):
+		case err != nil && (errors.Is(err, exec.ErrNotFound) || reaper.IsExecNotFound(err)):
 			return nil, fmt.Errorf("decompressing %s: the %s command is not installed; install the %s package", file, argv[0], tool.pkgName)
 		case err != nil:
-			return nil, fmt.Errorf("decompressing %s with %s failed: %v: %s", file, strings.Join(tool.argv, " "), err, strings.TrimSpace(stderr.String()))
+			return nil, fmt.Errorf("decompressing %s with %s failed: %w", file, strings.Join(tool.argv, " "), err)
+		case !status.Success():
+			return nil, fmt.Errorf("decompressing %s with %s failed: %s: %s", file, strings.Join(tool.argv, " "), status, strings.TrimSpace(string(stderr)))
 		}
-		return stdout.Bytes(), nil
+		return stdout, nil
 	}
 	return os.ReadFile(file)
 }

@@ -15,6 +15,7 @@ package reaper
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -208,4 +209,56 @@ func (r *Reaper) Pending() int {
 // does not exist, as opposed to existing without being executable.
 func IsExecNotFound(err error) bool {
 	return errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT)
+}
+
+// shared is the reaper of processes that did not create one with New.
+var (
+	sharedOnce sync.Once
+	shared     *Reaper
+)
+
+// Shared returns the process's reaper, creating it without an orphan
+// handler on first use. Code that may run in a process without an emperor
+// or init, such as a command-line tool, uses it; New must then not be
+// called in the same process.
+func Shared() *Reaper {
+	sharedOnce.Do(func() { shared = New(nil) })
+	return shared
+}
+
+// Output runs cmd, which must have no stdio set, and returns what it wrote
+// to stdout and stderr with its status. Its output is read through pipes
+// while it runs, so a large output cannot block it.
+func (r *Reaper) Output(cmd *exec.Cmd) (stdout, stderr []byte, status Status, err error) {
+	outRead, outWrite, err := os.Pipe()
+	if err != nil {
+		return nil, nil, Status{}, err
+	}
+	errRead, errWrite, err := os.Pipe()
+	if err != nil {
+		outRead.Close()
+		outWrite.Close()
+		return nil, nil, Status{}, err
+	}
+	cmd.Stdout, cmd.Stderr = outWrite, errWrite
+
+	child, startErr := r.Start(cmd)
+	// Only the child keeps the write ends, so the reads end at its exit.
+	outWrite.Close()
+	errWrite.Close()
+	if startErr != nil {
+		outRead.Close()
+		errRead.Close()
+		return nil, nil, Status{}, startErr
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); stdout, _ = io.ReadAll(outRead) }()
+	go func() { defer wg.Done(); stderr, _ = io.ReadAll(errRead) }()
+	status = <-child.Done
+	wg.Wait()
+	outRead.Close()
+	errRead.Close()
+	return stdout, stderr, status, nil
 }
