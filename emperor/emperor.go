@@ -61,6 +61,9 @@ type Options struct {
 	// Reaper is the process's reaper when the caller already has one; a
 	// process may have only one. When nil, Run creates it.
 	Reaper *reaper.Reaper
+	// OnSpawn, when set, is called after each vassal init is spawned, on
+	// that vassal's supervisor goroutine; it must not block.
+	OnSpawn func(name string, pid int)
 }
 
 // Emperor supervises one vassal directory.

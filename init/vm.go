@@ -23,6 +23,10 @@ import (
 // VassalDir is the vassal directory of the emperor in a VM.
 const VassalDir = "/etc/fief/vassals"
 
+// processStart is when fief's packages were initialised, close to the exec
+// of /init: the durations fief init logs count its own work from here.
+var processStart = time.Now()
+
 // shutdownGrace is how long processes get between SIGTERM and SIGKILL when
 // the VM shuts down.
 const shutdownGrace = 5 * time.Second
@@ -54,6 +58,10 @@ type vmInit struct {
 	pid1   bool
 	params bootParams
 	reaper *reaper.Reaper
+
+	firstSpawn sync.Once
+	// workloadEnd is when the command or the emperor ended.
+	workloadEnd time.Time
 }
 
 // run does the work of the VM and returns its exit status. Every panic is
@@ -71,6 +79,7 @@ func (vm *vmInit) run(argv []string) (status int) {
 			vm.log.Error("preparing the system failed", "err", err)
 			return 1
 		}
+		vm.log.Debug("system prepared", "since_init_start_ms", time.Since(processStart).Milliseconds())
 	}
 
 	command := argv
@@ -148,6 +157,12 @@ func (vm *vmInit) runWorkload(command []string) int {
 				Reaper:       vm.reaper,
 				// The emperor handles its own signals too; in a VM it
 				// stops on the same SIGTERM and SIGINT as the init.
+				OnSpawn: func(name string, pid int) {
+					vm.firstSpawn.Do(func() {
+						vm.log.Info("first vassal started", "vassal", name, "pid", pid,
+							"since_init_start", time.Since(processStart).Round(time.Microsecond))
+					})
+				},
 			})
 			if err != nil {
 				vm.log.Error("emperor failed", "err", err)
@@ -171,12 +186,14 @@ func (vm *vmInit) runWorkload(command []string) int {
 			status = <-emperorStatus
 		}
 		wg.Wait()
+		vm.workloadEnd = time.Now()
 		return status
 	}
 
 	status := vm.runCommand(command, signals)
 	cancel()
 	wg.Wait()
+	vm.workloadEnd = time.Now()
 	return status
 }
 

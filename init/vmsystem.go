@@ -234,6 +234,9 @@ func (vm *vmInit) shutdown(status int) {
 	unmountAll(vm.log)
 	unix.Sync()
 
+	if !vm.workloadEnd.IsZero() {
+		vm.log.Info("powering off", "since_workload_end", time.Since(vm.workloadEnd).Round(time.Microsecond))
+	}
 	fmt.Fprintf(os.Stderr, "fief: exit status %d\n", status)
 	if vm.params.exitPort != 0 {
 		// A byte written to QEMU's isa-debug-exit port ends QEMU with

@@ -251,11 +251,17 @@ func (v *vassalInit) prepareNamespace() error {
 	v.watcher = watcher
 	go v.forwardMountChanges()
 
+	// Without the fuse module there is no control filesystem, and no FUSE
+	// mount to abort either.
 	control, err := fusectl.OpenControl(v.readMounts)
-	if err != nil {
+	switch {
+	case err == nil:
+		v.control = control
+	case errors.Is(err, unix.ENOENT):
+		v.log.Debug("no FUSE control filesystem: the fuse module is not loaded", "err", err)
+	default:
 		v.log.Warn("hung FUSE daemons cannot be aborted in this vassal", "err", err)
 	}
-	v.control = control
 	return nil
 }
 
