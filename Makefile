@@ -8,10 +8,11 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Debian packages the tests and the demo use.
 TEST_PACKAGES  := fuse-zip fuse3 unionfs-fuse busybox-static zip file util-linux procps \
                   runc docker.io containerd gosu tini \
-                  qemu-system-x86 linux-image-amd64 xz-utils
-BENCH_PACKAGES := $(TEST_PACKAGES) uwsgi-core uwsgi-plugin-psgi bubblewrap
+                  qemu-system-x86 linux-image-amd64 xz-utils uwsgi-core uwsgi-plugin-psgi
+BENCH_PACKAGES := $(TEST_PACKAGES) bubblewrap
+FULL_PACKAGES  := $(TEST_PACKAGES) debootstrap debian-archive-keyring
 
-.PHONY: build test test-unit test-integration demo bench bench-vm chaos deps bench-deps vet clean
+.PHONY: build test test-full test-unit demo bench bench-vm chaos deps bench-deps vet clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o fief .
@@ -27,6 +28,13 @@ vet:
 
 test: deps build vet
 	$(GO) test -count=1 ./...
+
+# The tutorial's copy-on-write root with uWSGI inside a Debian root made by
+# debootstrap, cached in /var/cache/fief-test so only the first run pays
+# (about 40 s). Prints its run time.
+test-full: build vet
+	@./tests/install-deps.sh $(FULL_PACKAGES)
+	FIEF_TEST_FULL=1 $(GO) test -count=1 -v -run 'TestUWSGIUnionRoot' -timeout 30m ./tests/
 
 test-unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /tests)
