@@ -193,10 +193,11 @@ func (v *vassalInit) checkMount(check *mountCheck) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.ECONNABORTED):
-		// ECONNABORTED is what a probe in flight gets when the daemon
-		// dies under it; ENOTCONN is what every later one gets.
-		return fmt.Errorf("the FUSE daemon is gone: %w", err)
+	case errors.Is(err, unix.ENOTCONN):
+		return fmt.Errorf("the FUSE daemon is gone (ENOTCONN): %w", err)
+	case errors.Is(err, unix.ECONNABORTED):
+		// What a probe in flight gets when the daemon dies under it.
+		return fmt.Errorf("the FUSE daemon is gone (ECONNABORTED): %w", err)
 	case errors.Is(err, fusectl.ErrProbeTimeout) && check.mounted.IsFUSE():
 		id := check.mounted.ConnectionID()
 		if v.control == nil {
