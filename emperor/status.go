@@ -18,7 +18,8 @@ import (
 	"fief/vassal"
 )
 
-// DefaultStatusSocket is where the emperor serves its status.
+// DefaultStatusSocket is the path of the socket that serves the emperor's
+// status.
 const DefaultStatusSocket = "/run/fief/emperor.sock"
 
 // VassalStatus is one vassal in the emperor's status report.
@@ -31,8 +32,9 @@ type VassalStatus struct {
 	Restarts      int        `json:"restarts"`
 	LastExit      string     `json:"last_exit,omitempty"`
 	LastExitAt    *time.Time `json:"last_exit_at,omitempty"`
-	// Error is why the vassal last failed: its file's error, or the last
-	// error its vassal init reported. It is cleared when a program starts.
+	// Error is the reason the vassal last failed: its file's error, or the
+	// last error its vassal init reported. It is cleared when a program
+	// starts.
 	Error  string               `json:"error,omitempty"`
 	Mounts []vassal.MountStatus `json:"mounts"`
 }
@@ -125,7 +127,8 @@ func (s *supervisor) readStatus(pipe *os.File, pid int) {
 
 // serveStatus listens on path. A client writes one line, "json" or "table",
 // and gets the report in that form; rendering it here spares the client a
-// JSON decoder. A socket that another live emperor answers on is left alone.
+// JSON decoder. A socket on which another live emperor accepts connections
+// is left alone.
 func (e *Emperor) serveStatus(path string, started time.Time) (func(), error) {
 	if conn, err := dialUnix(path, time.Second); err == nil {
 		conn.Close()

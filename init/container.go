@@ -27,7 +27,7 @@ var ForwardedSignals = []os.Signal{
 
 // ContainerOptions configure [RunContainer].
 type ContainerOptions struct {
-	// Subreaper asks for child subreaper mode explicitly, which silences the
+	// Subreaper selects child subreaper mode explicitly, which silences the
 	// notice printed when fief is not pid 1.
 	Subreaper bool
 	// Group forwards signals to the command's whole process group.

@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// moduleInitCompressedFile asks finit_module(2) to decompress the module
-// itself; kernels without CONFIG_MODULE_DECOMPRESS reject it.
+// moduleInitCompressedFile makes finit_module(2) decompress the module
+// itself. Kernels without CONFIG_MODULE_DECOMPRESS reject it.
 const moduleInitCompressedFile = 4
 
 // moduleDeps maps a module name to its file and dependencies, from

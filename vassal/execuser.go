@@ -39,9 +39,9 @@ type ExecAsUserOptions struct {
 // fief stays behind. It returns only on failure, with an *ExecError.
 //
 // The user is resolved as for a vassal's uid and gid, with two differences
-// kept for compatibility with gosu: a numeric uid that has no passwd entry
-// and no explicit group keeps the caller's gid, and the supplementary
-// groups leave out the primary gid.
+// kept for compatibility with gosu. A numeric uid that has no passwd entry
+// and no explicit group keeps the caller's gid. The supplementary groups
+// leave out the primary gid.
 func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 	user, group, _ := strings.Cut(spec, ":")
 	creds, err := ResolveCredentials("/", user, group)

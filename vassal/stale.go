@@ -15,8 +15,8 @@ const staleProbeTimeout = time.Second
 // detachDeadMounts detaches, in the vassal's own mount namespace, every
 // dead FUSE mount on a path the vassal is about to mount or check. Such a
 // mount comes from the parent namespace, where a daemon died without its
-// mount being removed; left in place, the vassal's new daemon would stack on
-// it and a check of the path could see the dead one. Detaching in the
+// mount being removed. Left in place, it would lie under the vassal's new
+// daemon, and a check of the path could see the dead one. Detaching in the
 // vassal's namespace leaves the parent's mount table alone.
 func (v *vassalInit) detachDeadMounts() {
 	paths := make(map[string]bool)
@@ -58,7 +58,7 @@ func (v *vassalInit) detachDeadMounts() {
 }
 
 // mountAnswers probes a mount as its mounter. A probe that times out keeps
-// its thread until the daemon answers or the init exits.
+// its thread until the daemon responds or the init exits.
 func (v *vassalInit) mountAnswers(info mount.Info, path string) bool {
 	prober, err := fusectl.NewProber(superOptionID(info, "user_id"), superOptionID(info, "group_id"))
 	if err != nil {

@@ -16,7 +16,7 @@ type MountStatus struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
-// statusReporter tells the emperor about the vassal on an inherited pipe,
+// statusReporter reports the vassal's state to the emperor on an inherited pipe,
 // one line per event: "mounts " and the health of the mount checks in the
 // format of [FormatMountStatus], "running" once the program has started,
 // and "error " and a quoted message when a start or a check fails. A nil
@@ -79,8 +79,8 @@ func (r *statusReporter) send() {
 	r.write("mounts " + FormatMountStatus(r.mounts))
 }
 
-// write sends one line. A write error means the emperor is gone, and
-// there is nobody left to tell.
+// write sends one line. A write error means the emperor is gone, so it is
+// ignored.
 func (r *statusReporter) write(line string) {
 	_, _ = r.file.Write([]byte(line + "\n"))
 }
