@@ -43,8 +43,8 @@ type snapshot struct {
 	content []byte
 	// owner is the file's owner in tyrant mode, else nil.
 	owner *vassal.Owner
-	cfg     *vassal.Config // nil when err is set
-	err     error          // the reason the file is invalid
+	cfg   *vassal.Config // nil when err is set
+	err   error          // the reason the file is invalid
 }
 
 // differs reports whether the file's content or owner changed.
