@@ -83,7 +83,7 @@ while [ "$i" -le "$runs" ]; do
 	first=$(grep -o 'since_init_start=[^ ]*' "$work/console.$i" | tail -n 1 | sed 's/.*=//')
 	off=$(grep -o 'since_workload_end=[^ ]*' "$work/console.$i" | tail -n 1 | sed 's/.*=//')
 	if [ "$status" != 1 ] || [ -z "$first" ] || [ -z "$off" ]; then
-		echo "bench/vm.sh: boot $i failed (QEMU status $status); console:" >&2
+		echo "bench/vm.sh: boot $i failed (QEMU status $status, first vassal '$first', power-off '$off'); console:" >&2
 		cat "$work/console.$i" >&2
 		exit 1
 	fi

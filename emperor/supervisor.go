@@ -278,6 +278,9 @@ func (s *supervisor) start() {
 	}
 
 	s.e.noteActivity()
+	if s.e.opts.OnSpawn != nil {
+		s.e.opts.OnSpawn(s.name, s.child.Pid)
+	}
 	s.started = time.Now()
 	s.running = s.snap
 	s.e.board.update(s, func(entry *statusEntry) { entry.started = s.started })

@@ -134,6 +134,12 @@ func TestVMServesZipAppAfterFuseZipKill(t *testing.T) {
 	if !strings.Contains(result.console, "check: served again by fuse-zip") {
 		t.Errorf("expected the check to report the page served again after the kill\n%s", result.describe())
 	}
+	// The boot benchmark reads these two durations from the console.
+	for _, field := range []string{"since_init_start=", "since_workload_end="} {
+		if !strings.Contains(result.console, field) {
+			t.Errorf("expected fief init to log %s on the console\n%s", field, result.describe())
+		}
+	}
 }
 
 // ignoreTermCommand ignores SIGTERM, sends SIGTERM to pid 1, and sleeps. The
