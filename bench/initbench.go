@@ -31,6 +31,7 @@ const (
 	metricInitRSS     = "init-rss"      // the init's VmRSS while the child runs
 	metricInitAnon    = "init-rss-anon" // RssAnon of the same sample
 	metricInitFile    = "init-rss-file" // RssFile of the same sample
+	metricInitPSS     = "init-pss"      // PSS of the same sample
 	metricExecTime    = "exec"          // start → exit of an exec-as-user command
 )
 
@@ -437,6 +438,7 @@ func (b *initBench) measureSignals(ctx context.Context, s *initSide, count int) 
 		s.result.add(metricInitRSS, float64(memory.rss))
 		s.result.add(metricInitAnon, float64(memory.anon))
 		s.result.add(metricInitFile, float64(memory.file))
+		s.result.add(metricInitPSS, float64(memory.pss))
 	} else {
 		s.result.fail(metricInitRSS, err.Error())
 	}
@@ -614,38 +616,4 @@ func copyLogs(src, dst string) error {
 		}
 	}
 	return nil
-}
-
-// memory is the resident set of a process from /proc/PID/status, in bytes.
-type memory struct {
-	rss, anon, file int64
-}
-
-// readMemory returns VmRSS, RssAnon and RssFile of a process.
-func readMemory(pid int) (memory, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return memory{}, err
-	}
-	var m memory
-	fields := map[string]*int64{"VmRSS:": &m.rss, "RssAnon:": &m.anon, "RssFile:": &m.file}
-	found := 0
-	for line := range strings.SplitSeq(string(data), "\n") {
-		parts := strings.Fields(line)
-		if len(parts) != 3 || parts[2] != "kB" {
-			continue
-		}
-		if target, ok := fields[parts[0]]; ok {
-			kib, err := strconv.ParseInt(parts[1], 10, 64)
-			if err != nil {
-				return memory{}, fmt.Errorf("invalid %s line in /proc/%d/status: %w", parts[0], pid, err)
-			}
-			*target = kib * 1024
-			found++
-		}
-	}
-	if found != len(fields) {
-		return memory{}, fmt.Errorf("/proc/%d/status: %w", pid, errNoMemory)
-	}
-	return m, nil
 }

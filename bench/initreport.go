@@ -120,6 +120,7 @@ func renderInitTables(cfg *config, b *initBench) string {
 		{label: "init VmRSS while the child runs, max", key: metricInitRSS, stat: maxStat, bytes: true},
 		{label: "init RssAnon, max", key: metricInitAnon, stat: maxStat, bytes: true},
 		{label: "init RssFile, max", key: metricInitFile, stat: maxStat, bytes: true},
+		{label: "init PSS, max", key: metricInitPSS, stat: maxStat, bytes: true},
 	}
 	writeRow(&out, []string{"measurement", "tini", "fief --", "fief/tini", "target"})
 	writeRow(&out, []string{"---", "---", "---", "---", "---"})
@@ -219,7 +220,7 @@ func renderInitRaw(b *initBench) string {
 	var out strings.Builder
 	for _, s := range b.inits {
 		fmt.Fprintf(&out, "%s:\n", s.title)
-		for _, key := range []string{metricOrphanTotal, metricOrphanReap, metricInitRSS, metricInitAnon, metricInitFile} {
+		for _, key := range []string{metricOrphanTotal, metricOrphanReap, metricInitRSS, metricInitAnon, metricInitFile, metricInitPSS} {
 			values := s.result.values[key]
 			if len(values) == 0 {
 				continue

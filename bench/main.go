@@ -5,8 +5,15 @@
 // daemon dies.
 //
 // It measures spawn, recovery and stop times of one vassal, the start and
-// stop of many vassals at once, and the RSS of the emperor and the vassal,
-// and prints a Markdown table with medians, maxima, ratios and targets.
+// stop of many vassals at once, and the memory of the emperor and the
+// vassal, and prints a Markdown table with medians, maxima, ratios and
+// targets.
+//
+// Three more sections use the same emperors. The union section runs the
+// tutorial's copy-on-write root (unionfs-fuse and pivot_root). The recovery
+// section measures the distribution of recovery times after kill -9 and
+// SIGSTOP of fuse-zip. The scale section starts many vassals at once (200
+// by default) and samples the idle emperor's memory and CPU time.
 //
 // Its container section compares "fief -- CMD" with tini (reaping orphans,
 // signal forwarding, exit latency) and "fief exec-as-user" with gosu, with
@@ -39,9 +46,27 @@ type config struct {
 	fuseStep   string
 	resultsDir string
 
-	// Sections to run. -only picks one of them, and both run without it.
+	// Sections to run. -only picks some of them, and all run without it.
 	emperorSection   bool
+	unionSection     bool
+	recoverySection  bool
+	scaleSection     bool
 	containerSection bool
+
+	unionRuns int // spawns and recoveries of the copy-on-write root vassal
+
+	recoveryKills      int           // kill -9 recoveries of fief
+	recoveryUWSGIKills int           // kill -9 recoveries of uWSGI
+	recoveryHangs      int           // SIGSTOP recoveries of fief with 1 s check timeout and interval
+	defaultHangs       int           // SIGSTOP recoveries of fief with the default check settings
+	hungStops          int           // file removals of fief vassals whose FUSE daemon is stopped
+	uwsgiHangs         int           // SIGSTOP runs of uWSGI, each followed by the file's removal
+	hangLimit          time.Duration // how long a uWSGI vassal with a stopped daemon is watched
+
+	scaleVassals int
+	scaleRuns    int
+	scaleApp     string        // the app of the uWSGI vassals in the scale section: static or psgi
+	idleWindow   time.Duration // CPU sampling window with every vassal idle
 
 	tiniPath       string
 	tiniStaticPath string
@@ -51,6 +76,11 @@ type config struct {
 	signals        int // SIGUSR1 signals sent through each init
 	exits          int // exit latency runs per init
 	execs          int // runs of each exec-as-user command
+}
+
+// usesUWSGI reports whether a selected section runs the uWSGI Emperor.
+func (cfg *config) usesUWSGI() bool {
+	return cfg.emperorSection || cfg.unionSection || cfg.recoverySection || cfg.scaleSection
 }
 
 // emperorStopTimeout is how long an emperor may take to exit after its stop
@@ -72,7 +102,19 @@ func parseFlags() (*config, error) {
 	flag.StringVar(&sideList, "sides", "uwsgi,fief-busybox,fief-uwsgi", "comma-separated setups to measure: uwsgi, fief-busybox, fief-uwsgi")
 	flag.StringVar(&cfg.fuseStep, "fuse-step", "exec-pre-jail", "vassal key that runs fuse-zip: exec-pre-jail or exec-as-user")
 	flag.StringVar(&cfg.resultsDir, "results", "bench/results", "directory for the results file and the emperor logs; empty to write none")
-	only := flag.String("only", "", "run one section only: emperor (fief and the uWSGI Emperor) or container (fief -- and tini, fief exec-as-user and gosu); empty runs both")
+	only := flag.String("only", "", "comma-separated sections to run: emperor (fief and the uWSGI Emperor), union (copy-on-write root), recovery (recovery time distributions), scale (many vassals, idle emperor) and container (fief -- and tini, fief exec-as-user and gosu); empty runs all")
+	flag.IntVar(&cfg.unionRuns, "union-runs", 5, "union section: spawns and recoveries of the copy-on-write root vassal per emperor")
+	flag.IntVar(&cfg.recoveryKills, "recovery-kills", 30, "recovery section: kill -9 recoveries of fief")
+	flag.IntVar(&cfg.recoveryUWSGIKills, "recovery-uwsgi-kills", 15, "recovery section: kill -9 recoveries of uWSGI")
+	flag.IntVar(&cfg.recoveryHangs, "recovery-hangs", 10, "recovery section: SIGSTOP recoveries of fief with mountpoint-check-timeout and -interval of 1s")
+	flag.IntVar(&cfg.defaultHangs, "default-hangs", 3, "recovery section: SIGSTOP recoveries of fief with the default mount check settings")
+	flag.IntVar(&cfg.hungStops, "hung-stops", 3, "recovery section: file removals of fief vassals whose fuse-zip is stopped")
+	flag.IntVar(&cfg.uwsgiHangs, "uwsgi-hangs", 1, "recovery section: SIGSTOP runs of uWSGI, each followed by the removal of the vassal file")
+	flag.DurationVar(&cfg.hangLimit, "hang-limit", 40*time.Second, "recovery section: how long a uWSGI vassal with a stopped fuse-zip is watched for a recovery")
+	flag.IntVar(&cfg.scaleVassals, "scale-vassals", 200, "scale section: vassals started at once")
+	flag.IntVar(&cfg.scaleRuns, "scale-runs", 3, "scale section: runs per emperor")
+	flag.StringVar(&cfg.scaleApp, "scale-uwsgi-app", "static", "scale section: what the uWSGI vassals serve: static (index.html through the notfound plugin) or psgi (app.psgi)")
+	flag.DurationVar(&cfg.idleWindow, "idle-window", 10*time.Second, "scale section: how long the CPU time of the idle emperor is sampled")
 	flag.StringVar(&cfg.tiniPath, "tini", "/usr/bin/tini", "tini binary compared with fief --")
 	flag.StringVar(&cfg.tiniStaticPath, "tini-static", "/usr/bin/tini-static", "tini-static binary, for the size table only")
 	flag.StringVar(&cfg.gosuPath, "gosu", "/usr/sbin/gosu", "gosu binary compared with fief exec-as-user")
@@ -86,18 +128,34 @@ func parseFlags() (*config, error) {
 	if flag.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q: bench takes flags only", flag.Args())
 	}
-	switch *only {
-	case "":
-		cfg.emperorSection, cfg.containerSection = true, true
-	case "emperor":
-		cfg.emperorSection = true
-	case "container":
-		cfg.containerSection = true
-	default:
-		return nil, fmt.Errorf("invalid -only %q: use emperor or container, or leave it empty for both", *only)
+	if *only == "" {
+		*only = "emperor,union,recovery,scale,container"
 	}
-	if cfg.runs < 1 || cfg.vassals < 1 {
-		return nil, errors.New("-runs and -vassals must be at least 1")
+	sections := map[string]*bool{
+		"emperor":   &cfg.emperorSection,
+		"union":     &cfg.unionSection,
+		"recovery":  &cfg.recoverySection,
+		"scale":     &cfg.scaleSection,
+		"container": &cfg.containerSection,
+	}
+	for name := range strings.SplitSeq(*only, ",") {
+		selected, ok := sections[strings.TrimSpace(name)]
+		if !ok {
+			return nil, fmt.Errorf("invalid section %q in -only: use emperor, union, recovery, scale or container, separated by commas, or leave it empty for all", name)
+		}
+		*selected = true
+	}
+	if cfg.runs < 1 || cfg.vassals < 1 || cfg.unionRuns < 1 || cfg.scaleRuns < 1 || cfg.scaleVassals < 1 {
+		return nil, errors.New("-runs, -vassals, -union-runs, -scale-runs and -scale-vassals must be at least 1")
+	}
+	if cfg.recoveryKills < 1 || cfg.recoveryUWSGIKills < 1 || cfg.recoveryHangs < 0 || cfg.defaultHangs < 0 || cfg.hungStops < 0 || cfg.uwsgiHangs < 0 {
+		return nil, errors.New("-recovery-kills and -recovery-uwsgi-kills must be at least 1, and -recovery-hangs, -default-hangs, -hung-stops and -uwsgi-hangs at least 0")
+	}
+	if cfg.scaleApp != "static" && cfg.scaleApp != "psgi" {
+		return nil, fmt.Errorf("invalid -scale-uwsgi-app %q: use static or psgi", cfg.scaleApp)
+	}
+	if cfg.hangLimit < time.Second || cfg.idleWindow < time.Second {
+		return nil, errors.New("-hang-limit and -idle-window must be at least 1s")
 	}
 	if cfg.orphans < 1 || cfg.orphans > 30000 || cfg.orphanRuns < 1 || cfg.signals < 2 || cfg.exits < 1 || cfg.execs < 1 {
 		return nil, errors.New("-orphans must be 1 to 30000, -signals at least 2, and -orphan-runs, -exits and -execs at least 1")
@@ -125,11 +183,15 @@ func parseFlags() (*config, error) {
 	if _, err := os.Stat(cfg.fiefPath); err != nil {
 		return nil, fmt.Errorf("fief binary not found: %w; run make build", err)
 	}
-	if cfg.emperorSection {
+	if cfg.usesUWSGI() {
 		if cfg.uwsgiPath, err = exec.LookPath(cfg.uwsgiPath); err != nil {
 			return nil, fmt.Errorf("uWSGI not found: %w; install the Debian packages uwsgi-core and uwsgi-plugin-psgi", err)
 		}
-		for _, tool := range []string{"fuse-zip", "busybox"} {
+		tools := []string{"fuse-zip", "busybox"}
+		if cfg.unionSection {
+			tools = append(tools, "unionfs-fuse")
+		}
+		for _, tool := range tools {
 			if _, err := exec.LookPath(tool); err != nil {
 				return nil, fmt.Errorf("%s not found in PATH: %w; run make bench-deps", tool, err)
 			}
@@ -172,14 +234,21 @@ func run() int {
 	report.WriteString(describeMachine(cfg))
 
 	failed := false
-	if cfg.emperorSection {
-		section, ok := runEmperorSection(ctx, cfg, logCopy)
-		report.WriteString(section)
-		failed = failed || !ok
-	}
-	if cfg.containerSection && ctx.Err() == nil {
-		section, ok := runContainerSection(ctx, cfg, logCopy)
-		report.WriteString(section)
+	for _, section := range []struct {
+		selected bool
+		run      func(context.Context, *config, string) (string, bool)
+	}{
+		{cfg.emperorSection, runEmperorSection},
+		{cfg.unionSection, runUnionSection},
+		{cfg.recoverySection, runRecoverySection},
+		{cfg.scaleSection, runScaleSection},
+		{cfg.containerSection, runContainerSection},
+	} {
+		if !section.selected || ctx.Err() != nil {
+			continue
+		}
+		text, ok := section.run(ctx, cfg, logCopy)
+		report.WriteString(text)
 		failed = failed || !ok
 	}
 	if logCopy != "" {
@@ -207,6 +276,7 @@ func run() int {
 // Markdown section of the report, and false when a measurement failed or
 // the clean-up found something left behind.
 func runEmperorSection(ctx context.Context, cfg *config, logCopy string) (string, bool) {
+	load, began := loadAverage(), time.Now()
 	ws, err := newWorkspace(cfg.portBase)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -242,7 +312,7 @@ func runEmperorSection(ctx context.Context, cfg *config, logCopy string) (string
 	for _, r := range results {
 		ok = ok && !r.failed()
 	}
-	return renderReport(cfg, results, problems), ok
+	return renderReport(cfg, results, problems, sectionIntro(load, time.Since(began))), ok
 }
 
 // runContainerSection measures fief -- against tini and fief exec-as-user
@@ -250,6 +320,7 @@ func runEmperorSection(ctx context.Context, cfg *config, logCopy string) (string
 // when a measurement failed or the clean-up found something left behind.
 func runContainerSection(ctx context.Context, cfg *config, logCopy string) (string, bool) {
 	const heading = "## fief -- and tini, fief exec-as-user and gosu\n\n"
+	load, began := loadAverage(), time.Now()
 	fmt.Fprintln(os.Stderr, "bench: container: building bench/initchild")
 	b, err := newInitBench(cfg)
 	if err != nil {
@@ -269,9 +340,10 @@ func runContainerSection(ctx context.Context, cfg *config, logCopy string) (stri
 
 	var out strings.Builder
 	out.WriteString(heading)
+	out.WriteString(sectionIntro(load, time.Since(began)))
 	fmt.Fprintf(&out, "- orphans per run: %d, orphan runs: %d, signals: %d, exit runs: %d per init; exec-as-user runs: %d per command\n",
 		cfg.orphans, cfg.orphanRuns, cfg.signals, cfg.exits, cfg.execs)
-	out.WriteString("- each init runs as pid 1 of a new pid namespace; ratios are fief's figure over tini's or gosu's\n\n")
+	out.WriteString("- each init runs as pid 1 of a new pid namespace; ratios are fief's figure over tini's or gosu's; MB is 10^6 bytes\n\n")
 	out.WriteString(renderInitTables(cfg, b))
 	out.WriteString("\n```\n")
 	out.WriteString(renderInitRaw(b))
@@ -291,19 +363,11 @@ func runContainerSection(ctx context.Context, cfg *config, logCopy string) (stri
 // runSide starts the side's emperor on an empty directory, runs every
 // measurement cfg.runs times and stops the emperor.
 func runSide(ctx context.Context, cfg *config, ws *workspace, s *side) *sideResult {
-	result := newSideResult(s)
-	fmt.Fprintf(os.Stderr, "bench: %s: starting the emperor\n", s.key)
-	emp, err := startEmperor(cfg, ws, s)
+	r, err := startSideRun(cfg, ws, s)
 	if err != nil {
-		result.fail(metricSetup, err.Error())
-		fmt.Fprintf(os.Stderr, "bench: %s: %v\n", s.key, err)
-		if emp != nil {
-			_ = emp.stop(emperorStopTimeout)
-		}
-		return result
+		return r.result
 	}
-
-	r := &sideRun{cfg: cfg, ws: ws, side: s, emp: emp, result: result}
+	emp := r.emp
 	for run := 1; run <= cfg.runs && ctx.Err() == nil; run++ {
 		if err := r.measureOne(ctx, run); err != nil && ctx.Err() == nil {
 			r.fail(metricSetup, run, err)
@@ -315,32 +379,54 @@ func runSide(ctx context.Context, cfg *config, ws *workspace, s *side) *sideResu
 		}
 	}
 
-	// Memory that the emperor keeps after many vassals came and went.
-	if ctx.Err() == nil {
-		if rss, err := rssBytes(emp.pid); err == nil {
-			r.record(metricEndEmperorRSS, cfg.runs, float64(rss))
-		} else {
-			r.fail(metricEndEmperorRSS, cfg.runs, err)
-		}
+	// Memory that the emperor keeps after many vassals came and went, once
+	// it has been idle for longer than fief's settle delay.
+	if sleep(ctx, settleWait) == nil {
+		r.recordMemory(emp.pid, cfg.runs, metricEndEmperorRSS, metricEndAnon, metricEndPSS)
 	}
+	r.finish()
+	return r.result
+}
 
-	if err := emp.stop(emperorStopTimeout); err != nil {
+// startSideRun starts the side's emperor on an empty directory. On an error
+// it records the failure in the result of the returned run, which has no
+// emperor then.
+func startSideRun(cfg *config, ws *workspace, s *side) (*sideRun, error) {
+	r := &sideRun{cfg: cfg, ws: ws, side: s, result: newSideResult(s)}
+	fmt.Fprintf(os.Stderr, "bench: %s: starting the emperor\n", s.key)
+	emp, err := startEmperor(cfg, ws, s)
+	if err != nil {
+		r.result.fail(metricSetup, err.Error())
+		fmt.Fprintf(os.Stderr, "bench: %s: %v\n", s.key, err)
+		if emp != nil {
+			_ = emp.stop(emperorStopTimeout)
+		}
+		return r, err
+	}
+	r.emp = emp
+	return r, nil
+}
+
+// finish stops the emperor and compares the vassal deaths in its log with
+// the deaths the benchmark caused.
+func (r *sideRun) finish() {
+	s, result := r.side, r.result
+	if err := r.emp.stop(emperorStopTimeout); err != nil {
 		result.fail(metricSetup, err.Error())
 	}
 	fmt.Fprintf(os.Stderr, "bench: %s: emperor stopped\n", s.key)
 
 	// Each fuse-zip kill should cause exactly one respawn. More deaths
 	// mean that some times above include unplanned respawns.
-	deaths, err := emp.vassalDeaths()
+	deaths, err := r.emp.vassalDeaths()
 	if err != nil {
 		result.fail(metricSetup, err.Error())
 	}
 	result.deaths, result.kills = deaths, r.kills
 	if deaths != r.kills {
-		fmt.Fprintf(os.Stderr, "bench: %s: WARNING: the emperor log reports %d vassal deaths with respawn, but the benchmark killed fuse-zip %d times\n",
+		fmt.Fprintf(os.Stderr, "bench: %s: WARNING: the emperor log reports %d vassal deaths with respawn, but the benchmark killed the FUSE daemon %d times\n",
 			s.key, deaths, r.kills)
 	}
-	return result
 }
 
 func reportProblems(problems []string) {
@@ -350,10 +436,11 @@ func reportProblems(problems []string) {
 }
 
 // renderReport returns the Markdown section of the emperor benchmark.
-func renderReport(cfg *config, results []*sideResult, problems []string) string {
+func renderReport(cfg *config, results []*sideResult, problems []string, intro string) string {
 	var b strings.Builder
 	b.WriteString("## fief emperor and the uWSGI Emperor\n\n")
-	fmt.Fprintf(&b, "- runs per measurement: %d; vassals started at once: %d; FUSE step key: %s; fuse-zip runs as root\n\n",
+	b.WriteString(intro)
+	fmt.Fprintf(&b, "- runs per measurement: %d; vassals started at once: %d; FUSE step key: %s; fuse-zip runs as root; MB is 10^6 bytes\n\n",
 		cfg.runs, cfg.vassals, cfg.fuseStep)
 
 	b.WriteString(renderTable(cfg, results))

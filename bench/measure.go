@@ -32,6 +32,12 @@ const (
 	findTimeout     = 5 * time.Second
 )
 
+// settleWait is how long the harness waits after the last vassal event
+// before it samples memory that should have settled. The fief emperor
+// returns freed heap pages to the kernel once it has seen no spawn, exit or
+// file event for 2 s (settleDelay in emperor/emperor.go).
+const settleWait = 3 * time.Second
+
 // client sends every request to loopback and never through a proxy, and
 // opens a new connection each time, so a response always comes from the
 // process that accepts now.
@@ -56,6 +62,9 @@ func served(ctx context.Context, port int, body string) bool {
 	return err == nil && resp.StatusCode == http.StatusOK && string(got) == body
 }
 
+// errTimedOut is the error of a poll whose condition did not hold in time.
+var errTimedOut = errors.New("timed out")
+
 // poll calls check every interval until it returns true or an error, ctx
 // ends, or timeout passes. what describes the awaited condition in the
 // timeout error.
@@ -67,7 +76,7 @@ func poll(ctx context.Context, interval, timeout time.Duration, what string, che
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v waiting for %s", timeout, what)
+			return fmt.Errorf("%w after %v waiting for %s", errTimedOut, timeout, what)
 		}
 		select {
 		case <-ctx.Done():
@@ -94,7 +103,7 @@ func (r *sideRun) progress(format string, args ...any) {
 // record stores one measured value and logs it.
 func (r *sideRun) record(metric string, run int, value float64) {
 	r.result.add(metric, value)
-	r.progress("run %d: %s = %s", run, metric, formatValue(metricByKey(metric), value))
+	r.progress("run %d: %s = %s", run, metric, formatMetric(metric, value))
 }
 
 // fail records a failed measurement and logs it with the end of the
@@ -104,9 +113,14 @@ func (r *sideRun) fail(metric string, run int, err error) {
 	r.progress("run %d: %s failed: %v; last lines of %s:\n%s", run, metric, err, r.emp.logPath, r.emp.logTail(15))
 }
 
-// newVassal prepares the app directory and port of a vassal. Nothing runs
-// until drop.
+// newVassal prepares the app directory and port of a vassal with the
+// side's vassal file. Nothing runs until drop.
 func (r *sideRun) newVassal(name string) (*vassal, error) {
+	return r.newVassalFrom(name, r.side.vassal)
+}
+
+// newVassalFrom is newVassal with the vassal file that render returns.
+func (r *sideRun) newVassalFrom(name string, render func(cfg *config, ws *workspace, v *vassal) string) (*vassal, error) {
 	port, err := r.ws.allocatePort()
 	if err != nil {
 		return nil, err
@@ -117,7 +131,7 @@ func (r *sideRun) newVassal(name string) (*vassal, error) {
 		return nil, err
 	}
 	staged := filepath.Join(r.ws.staging, name+".ini")
-	if err := os.WriteFile(staged, []byte(r.side.vassal(r.cfg, r.ws, v)), 0o644); err != nil {
+	if err := os.WriteFile(staged, []byte(render(r.cfg, r.ws, v)), 0o644); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -192,6 +206,16 @@ func pause(ctx context.Context, limit time.Duration) error {
 	}
 }
 
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
 // measureOne runs one vassal through spawn, RSS sampling, recovery and
 // stop.
 func (r *sideRun) measureOne(ctx context.Context, run int) error {
@@ -233,28 +257,20 @@ func (r *sideRun) measureOne(ctx context.Context, run int) error {
 	return r.stopOne(ctx, v, run, true)
 }
 
-// sampleRSS records the RSS of the emperor, of the vassal's first process,
-// and the sum over all of the vassal's processes.
+// sampleRSS records the memory of the emperor and of the vassal's first
+// process, and the sums of VmRSS and PSS over all of the vassal's processes.
 func (r *sideRun) sampleRSS(v *vassal, run int) {
-	if rss, err := rssBytes(r.emp.pid); err == nil {
-		r.record(metricEmperorRSS, run, float64(rss))
-	} else {
-		r.fail(metricEmperorRSS, run, err)
-	}
-	if rss, err := rssBytes(v.root.pid); err == nil {
-		r.record(metricRootRSS, run, float64(rss))
-	} else {
-		r.fail(metricRootRSS, run, err)
-	}
+	r.recordMemory(r.emp.pid, run, metricEmperorRSS, metricEmperorAnon, metricEmperorPSS)
+	r.recordMemory(v.root.pid, run, metricRootRSS, metricRootAnon, metricRootPSS)
 
 	table, err := scanProcs()
 	if err != nil {
 		r.fail(metricTotalRSS, run, err)
 		return
 	}
-	var total int64
+	var total memory
 	for _, p := range vassalProcesses(table, v) {
-		rss, err := rssBytes(p.pid)
+		m, err := readMemory(p.pid)
 		// A process that is exiting, such as the parent of a daemonizing
 		// fuse-zip, has no memory left to count.
 		if errors.Is(err, errNoMemory) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
@@ -264,32 +280,62 @@ func (r *sideRun) sampleRSS(v *vassal, run int) {
 			r.fail(metricTotalRSS, run, fmt.Errorf("process %d (%s): %w", p.pid, p.cmdline(), err))
 			return
 		}
-		total += rss
+		total.rss += m.rss
+		total.pss += m.pss
 	}
-	r.record(metricTotalRSS, run, float64(total))
+	r.record(metricTotalRSS, run, float64(total.rss))
+	r.record(metricTotalPSS, run, float64(total.pss))
 }
 
-// recover kills the vassal's fuse-zip daemon with SIGKILL and waits until
-// the old vassal is gone, a new fuse-zip runs and the app responds again.
-// The old uWSGI worker keeps responding until the mount check fails, so a
-// 200 counts only once the old vassal's first process has exited.
+// recordMemory records VmRSS, RssAnon and PSS of a process under three
+// metric keys.
+func (r *sideRun) recordMemory(pid, run int, rssKey, anonKey, pssKey string) {
+	m, err := readMemory(pid)
+	if err != nil {
+		r.fail(rssKey, run, err)
+		return
+	}
+	r.record(rssKey, run, float64(m.rss))
+	r.record(anonKey, run, float64(m.anon))
+	r.record(pssKey, run, float64(m.pss))
+}
+
+// recover kills the vassal's FUSE daemon with SIGKILL and records the time
+// until the app responds through a new daemon.
 func (r *sideRun) recover(ctx context.Context, v *vassal, run int) error {
-	table, err := scanProcs()
+	took, _, err := r.breakDaemon(ctx, v, unix.SIGKILL, pollInterval, recoveryTimeout)
 	if err != nil {
 		return err
 	}
-	daemon, ok := table.program("fuse-zip", v.mnt)
+	r.kills++
+	r.record(metricRecovery, run, took.Seconds())
+
+	// The stop that follows needs the new first process.
+	return r.findRoots(ctx, []*vassal{v})
+}
+
+// breakDaemon sends sig to the vassal's FUSE daemon and waits up to limit
+// until the old vassal is gone, a new daemon runs and the app responds
+// again, polling every interval. The old uWSGI worker keeps responding until
+// the mount check fails, so a 200 counts only once the old vassal's first
+// process has exited. It returns the time from the signal to that response
+// and the signalled daemon, also with an error that wraps errTimedOut.
+func (r *sideRun) breakDaemon(ctx context.Context, v *vassal, sig unix.Signal, interval, limit time.Duration) (time.Duration, proc, error) {
+	table, err := scanProcs()
+	if err != nil {
+		return 0, proc{}, err
+	}
+	daemon, ok := table.program(r.side.daemon, v.mnt)
 	if !ok {
-		return fmt.Errorf("no fuse-zip process serves %s", v.mnt)
+		return 0, proc{}, fmt.Errorf("no %s process serves %s", r.side.daemon, v.mnt)
 	}
 	oldRoot := v.root
 
 	start := time.Now()
-	if err := unix.Kill(daemon.pid, unix.SIGKILL); err != nil {
-		return fmt.Errorf("killing fuse-zip %d: %w", daemon.pid, err)
+	if err := unix.Kill(daemon.pid, sig); err != nil {
+		return 0, daemon, fmt.Errorf("sending %s to %s %d: %w", unix.SignalName(sig), r.side.daemon, daemon.pid, err)
 	}
-	r.kills++
-	err = poll(ctx, pollInterval, recoveryTimeout, "HTTP 200 through a new fuse-zip", func() (bool, error) {
+	err = poll(ctx, interval, limit, "HTTP 200 through a new "+r.side.daemon, func() (bool, error) {
 		table, err := scanProcs()
 		if err != nil {
 			return false, err
@@ -297,19 +343,13 @@ func (r *sideRun) recover(ctx context.Context, v *vassal, run int) error {
 		if table.alive(oldRoot) {
 			return false, nil
 		}
-		current, ok := table.program("fuse-zip", v.mnt)
+		current, ok := table.program(r.side.daemon, v.mnt)
 		if !ok || current.same(daemon) {
 			return false, nil
 		}
 		return served(ctx, v.port, r.side.body), nil
 	})
-	if err != nil {
-		return err
-	}
-	r.record(metricRecovery, run, time.Since(start).Seconds())
-
-	// The stop that follows needs the new first process.
-	return r.findRoots(ctx, []*vassal{v})
+	return time.Since(start), daemon, err
 }
 
 // stopOne removes the vassal file and waits until every process of the
@@ -396,11 +436,7 @@ func (r *sideRun) measureMany(ctx context.Context, run int) error {
 		r.fail(metricManyStart, run, started)
 	} else {
 		r.record(metricManyStart, run, time.Since(start).Seconds())
-		if rss, err := rssBytes(r.emp.pid); err == nil {
-			r.record(metricManyEmperorRSS, run, float64(rss))
-		} else {
-			r.fail(metricManyEmperorRSS, run, err)
-		}
+		r.recordMemory(r.emp.pid, run, metricManyEmperorRSS, metricManyAnon, metricManyPSS)
 	}
 
 	// Vassals whose first process never appeared are still stopped and
@@ -411,22 +447,41 @@ func (r *sideRun) measureMany(ctx context.Context, run int) error {
 	if err := pause(ctx, 3*time.Second); err != nil {
 		return err
 	}
-	table, err := scanProcs()
+	took, err := removeVassals(ctx, vassals, pollInterval, stopTimeout)
+	if errors.Is(err, errTimedOut) {
+		r.fail(metricManyStop, run, err)
+		return nil
+	}
 	if err != nil {
 		return err
+	}
+	// Stopping vassals that did not all start is clean-up, not a measurement.
+	if started == nil {
+		r.record(metricManyStop, run, took.Seconds())
+	}
+	return nil
+}
+
+// removeVassals removes the files of vassals and waits until none of their
+// processes runs, polling /proc every interval for at most limit. It
+// returns the time from the first removal to that moment.
+func removeVassals(ctx context.Context, vassals []*vassal, interval, limit time.Duration) (time.Duration, error) {
+	table, err := scanProcs()
+	if err != nil {
+		return 0, err
 	}
 	snapshots := make([][]proc, len(vassals))
 	for i, v := range vassals {
 		snapshots[i] = vassalProcesses(table, v)
 	}
 
-	start = time.Now()
+	start := time.Now()
 	for _, v := range vassals {
 		if err := os.Remove(v.file); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	err = poll(ctx, pollInterval, stopTimeout, "every process of the vassals to exit", func() (bool, error) {
+	err = poll(ctx, interval, limit, "every process of the vassals to exit", func() (bool, error) {
 		table, err := scanProcs()
 		if err != nil {
 			return false, err
@@ -438,13 +493,5 @@ func (r *sideRun) measureMany(ctx context.Context, run int) error {
 		}
 		return true, nil
 	})
-	if err != nil {
-		r.fail(metricManyStop, run, err)
-		return nil
-	}
-	// Stopping vassals that did not all start is clean-up, not a measurement.
-	if started == nil {
-		r.record(metricManyStop, run, time.Since(start).Seconds())
-	}
-	return nil
+	return time.Since(start), err
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -175,36 +174,6 @@ func (t *procTable) program(name, arg string) (proc, bool) {
 	return proc{}, false
 }
 
-// rssBytes returns VmRSS of /proc/PID/status in bytes. The kernel reports it
-// in kB, which there means KiB.
-func rssBytes(pid int) (int64, error) {
-	file, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer file.Close()
-	scanner := bufio.NewScanner(file)
-	for scanner.Scan() {
-		value, found := strings.CutPrefix(scanner.Text(), "VmRSS:")
-		if !found {
-			continue
-		}
-		fields := strings.Fields(value)
-		if len(fields) != 2 || fields[1] != "kB" {
-			return 0, fmt.Errorf("unexpected VmRSS line %q in /proc/%d/status", scanner.Text(), pid)
-		}
-		kib, err := strconv.ParseInt(fields[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("invalid VmRSS in /proc/%d/status: %w", pid, err)
-		}
-		return kib * 1024, nil
-	}
-	if err := scanner.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("/proc/%d/status: %w", pid, errNoMemory)
-}
-
 // errNoMemory means a process has no address space: it is a kernel thread,
 // a zombie, or exiting.
 var errNoMemory = errors.New("no VmRSS line: the process has no memory (kernel thread, zombie or exiting)")
@@ -254,4 +223,80 @@ func unescapeMountinfo(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// memory is the resident memory of a process in bytes: VmRSS, RssAnon and
+// RssFile from /proc/PID/status, and Pss from /proc/PID/smaps_rollup. PSS
+// divides each page among the processes that map it, so the pages of a
+// binary that many processes run count once in the sum over them.
+type memory struct {
+	rss, anon, file, pss int64
+}
+
+// readMemory returns the memory of a process. The kernel reports every
+// field in kB, which there means KiB.
+func readMemory(pid int) (memory, error) {
+	var m memory
+	status := map[string]*int64{"VmRSS:": &m.rss, "RssAnon:": &m.anon, "RssFile:": &m.file}
+	if err := readKiBFields(fmt.Sprintf("/proc/%d/status", pid), status); err != nil {
+		return memory{}, err
+	}
+	if err := readKiBFields(fmt.Sprintf("/proc/%d/smaps_rollup", pid), map[string]*int64{"Pss:": &m.pss}); err != nil {
+		return memory{}, err
+	}
+	return m, nil
+}
+
+// readKiBFields sets each field of fields, keyed by its name with the colon,
+// from the lines "NAME: VALUE kB" of a /proc file, in bytes.
+func readKiBFields(path string, fields map[string]*int64) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	found := 0
+	for line := range strings.SplitSeq(string(data), "\n") {
+		parts := strings.Fields(line)
+		if len(parts) != 3 || parts[2] != "kB" {
+			continue
+		}
+		if target, ok := fields[parts[0]]; ok {
+			kib, err := strconv.ParseInt(parts[1], 10, 64)
+			if err != nil {
+				return fmt.Errorf("invalid %s line in %s: %w", parts[0], path, err)
+			}
+			*target = kib * 1024
+			found++
+		}
+	}
+	if found != len(fields) {
+		return fmt.Errorf("%s: %w", path, errNoMemory)
+	}
+	return nil
+}
+
+// cpuTicks returns utime plus stime of a process from /proc/PID/stat: the
+// CPU time of all its threads, in clock ticks (USER_HZ, 100 per second on
+// Linux).
+func cpuTicks(pid int) (int64, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	end := bytes.LastIndexByte(stat, ')')
+	if end < 0 {
+		return 0, fmt.Errorf("invalid /proc/%d/stat: no \")\" after the command name", pid)
+	}
+	// Fields after the name start with state (field 3), so utime (14) and
+	// stime (15) are at indexes 11 and 12.
+	fields := strings.Fields(string(stat[end+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("invalid /proc/%d/stat: %d fields after the command name", pid, len(fields))
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("invalid utime or stime in /proc/%d/stat", pid)
+	}
+	return utime + stime, nil
 }

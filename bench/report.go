@@ -24,10 +24,19 @@ const (
 	metricManyStart      = "many-start"
 	metricManyStop       = "many-stop"
 	metricEmperorRSS     = "emperor-rss"
+	metricEmperorAnon    = "emperor-rss-anon"
+	metricEmperorPSS     = "emperor-pss"
 	metricManyEmperorRSS = "many-emperor-rss"
+	metricManyAnon       = "many-emperor-rss-anon"
+	metricManyPSS        = "many-emperor-pss"
 	metricEndEmperorRSS  = "end-emperor-rss"
+	metricEndAnon        = "end-emperor-rss-anon"
+	metricEndPSS         = "end-emperor-pss"
 	metricRootRSS        = "vassal-rss"
+	metricRootAnon       = "vassal-rss-anon"
+	metricRootPSS        = "vassal-pss"
 	metricTotalRSS       = "vassal-total-rss"
+	metricTotalPSS       = "vassal-total-pss"
 	metricSetup          = "setup" // failures outside any measurement
 )
 
@@ -58,11 +67,20 @@ var metrics = []metric{
 	{key: metricStopOverhead, label: "stop minus the program's own exit time", fief: true, kind: below, limit: 0.200},
 	{key: metricManyStart, label: "%d vassals: files dropped into the empty directory → all HTTP 200", kind: tenthOfUWSGI},
 	{key: metricManyStop, label: "%d vassals: files removed → no process left"},
-	{key: metricEmperorRSS, label: "emperor RSS, 1 vassal", bytes: true, kind: below, limit: 5e6},
-	{key: metricManyEmperorRSS, label: "emperor RSS, %d vassals", bytes: true, kind: below, limit: 5e6},
-	{key: metricEndEmperorRSS, label: "emperor RSS after all runs, no vassal left (one value)", bytes: true, kind: below, limit: 5e6},
-	{key: metricRootRSS, label: "RSS of the vassal init (fief) or vassal master (uWSGI)", bytes: true, kind: below, limit: 4e6},
-	{key: metricTotalRSS, label: "sum of RSS over the vassal's processes", bytes: true},
+	{key: metricEmperorRSS, label: "emperor VmRSS, 1 vassal", bytes: true, kind: below, limit: 5e6},
+	{key: metricEmperorAnon, label: "emperor RssAnon, 1 vassal", bytes: true},
+	{key: metricEmperorPSS, label: "emperor PSS, 1 vassal", bytes: true},
+	{key: metricManyEmperorRSS, label: "emperor VmRSS, %d vassals", bytes: true, kind: below, limit: 5e6},
+	{key: metricManyAnon, label: "emperor RssAnon, %d vassals", bytes: true},
+	{key: metricManyPSS, label: "emperor PSS, %d vassals", bytes: true},
+	{key: metricEndEmperorRSS, label: "emperor VmRSS after all runs, no vassal left (one value)", bytes: true, kind: below, limit: 5e6},
+	{key: metricEndAnon, label: "emperor RssAnon after all runs (one value)", bytes: true},
+	{key: metricEndPSS, label: "emperor PSS after all runs (one value)", bytes: true},
+	{key: metricRootRSS, label: "VmRSS of the vassal init (fief) or vassal master (uWSGI)", bytes: true, kind: below, limit: 4e6},
+	{key: metricRootAnon, label: "RssAnon of the vassal init or vassal master", bytes: true},
+	{key: metricRootPSS, label: "PSS of the vassal init or vassal master", bytes: true},
+	{key: metricTotalRSS, label: "sum of VmRSS over the vassal's processes", bytes: true},
+	{key: metricTotalPSS, label: "sum of PSS over the vassal's processes", bytes: true},
 }
 
 func metricByKey(key string) metric {
@@ -79,12 +97,15 @@ type sideResult struct {
 	side     *side
 	values   map[string][]float64
 	failures map[string][]string
+	// censored holds, per metric, the bound of each run that ended without
+	// the awaited event, such as a recovery that never came.
+	censored map[string][]float64
 	deaths   int // vassal deaths with respawn, from the emperor log
 	kills    int // fuse-zip daemons the benchmark killed
 }
 
 func newSideResult(s *side) *sideResult {
-	return &sideResult{side: s, values: make(map[string][]float64), failures: make(map[string][]string)}
+	return &sideResult{side: s, values: make(map[string][]float64), failures: make(map[string][]string), censored: make(map[string][]float64)}
 }
 
 func (r *sideResult) add(metric string, value float64) {
@@ -116,7 +137,7 @@ func (r *sideResult) median(metric string) (float64, bool) {
 
 func formatValue(m metric, value float64) string {
 	if m.bytes {
-		return fmt.Sprintf("%.1f MB", value/1e6)
+		return fmt.Sprintf("%.2f MB", value/1e6)
 	}
 	switch {
 	case value < 0.01:
@@ -251,10 +272,10 @@ func renderRaw(results []*sideResult) string {
 				for i, v := range values {
 					texts[i] = formatValue(m, v)
 				}
-				fmt.Fprintf(&b, "  %-17s %s\n", m.key, strings.Join(texts, ", "))
+				fmt.Fprintf(&b, "  %-22s %s\n", m.key, strings.Join(texts, ", "))
 			}
 			for _, failure := range r.failures[m.key] {
-				fmt.Fprintf(&b, "  %-17s FAILED %s\n", m.key, failure)
+				fmt.Fprintf(&b, "  %-22s FAILED %s\n", m.key, failure)
 			}
 		}
 	}
@@ -275,10 +296,13 @@ func describeMachine(cfg *config) string {
 	fmt.Fprintf(&b, "- kernel: %s\n", kernel)
 	fmt.Fprintf(&b, "- load average before the run: %s\n", loadAverage())
 	fmt.Fprintf(&b, "- fief: %s\n", firstLine(cfg.fiefPath, "version"))
-	if cfg.emperorSection {
+	if cfg.usesUWSGI() {
 		fmt.Fprintf(&b, "- uWSGI: %s (%s)\n", firstLine(cfg.uwsgiPath, "--version"), cfg.uwsgiPath)
 		fmt.Fprintf(&b, "- %s\n", firstLine("fuse-zip", "-V"))
 		fmt.Fprintf(&b, "- %s\n", firstLine("busybox"))
+	}
+	if cfg.unionSection {
+		fmt.Fprintf(&b, "- %s (dpkg-query)\n", firstLine("dpkg-query", "-W", "-f", "unionfs-fuse ${Version}", "unionfs-fuse"))
 	}
 	if cfg.containerSection {
 		fmt.Fprintf(&b, "- %s (%s)\n", firstLine(cfg.tiniPath, "--version"), cfg.tiniPath)

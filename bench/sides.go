@@ -16,19 +16,20 @@ import (
 
 // side is one emperor and vassal setup under test.
 type side struct {
-	key   string // short name, used in file and vassal names
-	title string
-	fief  bool   // the emperor is fief, whose JSON log gives the program's exit time
-	body  string // the expected body of "GET /"
+	key    string // short name, used in file and vassal names
+	title  string
+	fief   bool   // the emperor is fief, whose JSON log gives the program's exit time
+	body   string // the expected body of "GET /"
+	daemon string // the base name of the vassal's FUSE daemon, which the recovery test kills
 	// vassal renders the vassal file of v.
 	vassal func(cfg *config, ws *workspace, v *vassal) string
 }
 
 func sides() []*side {
 	return []*side{
-		{key: "uwsgi", title: "uWSGI Emperor", body: psgiBody, vassal: uwsgiVassal},
-		{key: "fief-busybox", title: "fief, busybox httpd", fief: true, body: indexHTML, vassal: busyboxVassal},
-		{key: "fief-uwsgi", title: "fief, uWSGI program", fief: true, body: psgiBody, vassal: uwsgiVassal},
+		{key: "uwsgi", title: "uWSGI Emperor", body: psgiBody, daemon: "fuse-zip", vassal: uwsgiVassal},
+		{key: "fief-busybox", title: "fief, busybox httpd", fief: true, body: indexHTML, daemon: "fuse-zip", vassal: busyboxVassal},
+		{key: "fief-uwsgi", title: "fief, uWSGI program", fief: true, body: psgiBody, daemon: "fuse-zip", vassal: uwsgiVassal},
 	}
 }
 
@@ -70,6 +71,9 @@ type vassal struct {
 	mnt  string
 	file string // the path in the emperor's vassal directory
 	root proc   // the uWSGI vassal master or the fief vassal init, once found
+	// ready is when the vassal last began to serve, after its file was
+	// dropped or after a recovery.
+	ready time.Time
 }
 
 // markers are the strings that only the command lines of this vassal's
