@@ -21,9 +21,9 @@ import (
 	"fief/reaper"
 )
 
-// RuntimeDir is where a vassal init mounts its private tmpfs. The directory
-// is created on the host once and stays empty there; each vassal sees its own
-// tmpfs on it.
+// RuntimeDir is the directory on which a vassal init mounts its private
+// tmpfs. It is created on the host once and stays empty there, because each
+// vassal mounts its own tmpfs on it in its own mount namespace.
 const RuntimeDir = "/run/fief/vassal"
 
 // InitMain is the entry point of a vassal init, the process the emperor
@@ -45,8 +45,8 @@ func InitMain(args []string) int {
 		return ExitConfig
 	}
 
-	// The vassal's pid as the emperor sees it. /proc still belongs to the
-	// parent pid namespace here, so /proc/self names that pid.
+	// The vassal's pid in the emperor's pid namespace. /proc still belongs
+	// to that namespace here, so /proc/self names that pid.
 	hostPid := os.Getpid()
 	if link, err := os.Readlink("/proc/self"); err == nil {
 		if pid, err := strconv.Atoi(link); err == nil {
@@ -126,10 +126,10 @@ type vassalInit struct {
 	// opened; hung connections cannot be aborted then.
 	control *fusectl.Control
 
-	// signals receives the signals the init acts on; dispatchSignals turns
-	// them into a cancelled ctx (stop), reloads and forwards. triggers asks
-	// the mount checks to run now (a process was reaped or the mount table
-	// changed).
+	// signals receives the signals the init acts on. dispatchSignals turns
+	// them into a cancelled ctx (stop), reloads and forwards. A value on
+	// triggers runs the mount checks now, after a process was reaped or the
+	// mount table changed.
 	signals  chan os.Signal
 	reloads  chan struct{}
 	forwards chan os.Signal
