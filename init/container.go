@@ -106,13 +106,9 @@ wait:
 // the terminal when stdin is one. It returns nil and the exit code to use
 // when the command cannot be started.
 func startCommand(log *slog.Logger, r *reaper.Reaper, argv []string) (*reaper.Child, int) {
-	path, err := exec.LookPath(argv[0])
-	if err != nil {
-		log.Error("the command cannot be run", "command", argv[0], "err", err)
-		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
-			return nil, ExitNotFound
-		}
-		return nil, ExitNotExecutable
+	path, code := lookCommand(log, argv[0])
+	if code != 0 {
+		return nil, code
 	}
 
 	cmd := &exec.Cmd{
@@ -139,6 +135,21 @@ func startCommand(log *slog.Logger, r *reaper.Reaper, argv []string) (*reaper.Ch
 		return nil, ExitNotExecutable
 	}
 	return child, 0
+}
+
+// lookCommand finds name on PATH. When it cannot be run, it logs why and
+// returns the exit code a shell would give: 127 when it is not found, 126
+// when it is not executable.
+func lookCommand(log *slog.Logger, name string) (string, int) {
+	path, err := exec.LookPath(name)
+	if err == nil {
+		return path, 0
+	}
+	log.Error("the command cannot be run", "command", name, "err", err)
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+		return "", ExitNotFound
+	}
+	return "", ExitNotExecutable
 }
 
 func isTerminal(fd int) bool {

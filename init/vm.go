@@ -2,7 +2,6 @@ package initd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -201,13 +200,9 @@ func (vm *vmInit) runWorkload(command []string) int {
 // controlling terminal, and returns its exit status. A stop signal reaches
 // it as SIGTERM; after shutdownGrace it is left to the shutdown's SIGKILL.
 func (vm *vmInit) runCommand(command []string, signals <-chan os.Signal) int {
-	path, err := exec.LookPath(command[0])
-	if err != nil {
-		vm.log.Error("the command cannot be run", "command", command[0], "err", err)
-		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
-			return ExitNotFound
-		}
-		return ExitNotExecutable
+	path, code := lookCommand(vm.log, command[0])
+	if code != 0 {
+		return code
 	}
 	cmd := &exec.Cmd{
 		Path:        path,
