@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"fief/reaper"
 )
 
 func TestParseLdd(t *testing.T) {
@@ -208,8 +210,11 @@ func writeFakeModules(t *testing.T, root, release string) {
 		}
 	}
 	write("kernel/fs/fuse/fuse.ko", "fuse module bytes")
-	if out, err := exec.Command("xz", filepath.Join(dir, "kernel/fs/fuse/fuse.ko")).CombinedOutput(); err != nil {
-		t.Fatalf("xz fuse.ko: %v\n%s", err, out)
+	// Through the process's reaper: mkinitramfs runs its commands through
+	// it, and a second waiter on the same children would lose statuses.
+	_, stderr, status, err := reaper.Shared().Output(exec.Command("xz", filepath.Join(dir, "kernel/fs/fuse/fuse.ko")))
+	if err != nil || !status.Success() {
+		t.Fatalf("xz fuse.ko: %v %s\n%s", err, status, stderr)
 	}
 	write("kernel/lib/helper.ko", "helper module bytes")
 	write("modules.dep", "kernel/fs/fuse/fuse.ko.xz: kernel/lib/helper.ko\nkernel/lib/helper.ko:\nkernel/fs/other.ko:\n")
