@@ -154,9 +154,6 @@ func (s *supervisor) pid() int {
 func (s *supervisor) run(first *snapshot) {
 	defer close(s.done)
 
-	s.snap = first
-	s.start()
-
 	var backoff *time.Timer
 	var backoffC <-chan time.Time
 	stopBackoff := func() {
@@ -165,6 +162,21 @@ func (s *supervisor) run(first *snapshot) {
 			backoff, backoffC = nil, nil
 		}
 	}
+	armBackoff := func(delay time.Duration) {
+		stopBackoff()
+		backoff = time.NewTimer(delay)
+		backoffC = backoff.C
+	}
+	// launch starts the vassal, or arms the backoff timer when the spawn
+	// failed.
+	launch := func() {
+		if delay, failed := s.start(); failed {
+			armBackoff(delay)
+		}
+	}
+
+	s.snap = first
+	launch()
 
 	for {
 		var childDone <-chan reaper.Status
@@ -188,7 +200,7 @@ func (s *supervisor) run(first *snapshot) {
 					s.stopChild()
 				}
 				s.deaths = 0
-				s.start()
+				launch()
 				continue
 			}
 			if req.touched || req.reload {
@@ -199,7 +211,7 @@ func (s *supervisor) run(first *snapshot) {
 					// at once.
 					stopBackoff()
 					s.deaths = 0
-					s.start()
+					launch()
 				}
 			}
 
@@ -208,28 +220,30 @@ func (s *supervisor) run(first *snapshot) {
 			s.e.noteActivity()
 			if delay, respawn := s.exited(st); respawn {
 				if delay == 0 {
-					s.start()
+					launch()
 				} else {
 					s.setState(StateBackoff)
-					backoff = time.NewTimer(delay)
-					backoffC = backoff.C
+					armBackoff(delay)
 				}
 			}
 
 		case <-backoffC:
 			backoff, backoffC = nil, nil
-			s.start()
+			launch()
 		}
 	}
 }
 
 // start spawns the vassal init for the current snapshot, or marks the vassal
 // broken when its file is invalid.
-func (s *supervisor) start() {
+//
+// When the spawn itself fails, it counts as one more quick death, and start
+// returns the delay before the next try and true.
+func (s *supervisor) start() (time.Duration, bool) {
 	if s.snap.err != nil {
 		s.setState(StateBroken)
 		s.log.Error("vassal file is invalid; fix it and save it to retry", "pid", 0, "err", s.snap.err)
-		return
+		return 0, false
 	}
 
 	flags := s.e.cloneFlags
@@ -267,14 +281,13 @@ func (s *supervisor) start() {
 		}
 	}
 	if err != nil {
-		s.log.Error("spawning the vassal init failed", "pid", 0, "err", err)
 		// Treated as a quick death, so a persistent failure backs off.
 		s.child = nil
 		s.deaths++
-		s.setState(StateBackoff)
 		delay := Backoff(s.deaths + 1)
-		time.AfterFunc(delay, func() { s.mail.post(func(r *requests) { r.touched = true }) })
-		return
+		s.setState(StateBackoff)
+		s.log.Error("spawning the vassal init failed", "pid", 0, "err", err, "delay", delay)
+		return delay, true
 	}
 
 	s.e.noteActivity()
@@ -292,6 +305,7 @@ func (s *supervisor) start() {
 		go s.readStatus(statusRead, s.child.Pid)
 	}
 	s.log.Info("vassal started", "pid", s.child.Pid, "restarts", s.restarts)
+	return 0, false
 }
 
 // exited logs how the vassal init ended and returns whether and after how
