@@ -282,6 +282,8 @@ func (s *supervisor) start() (time.Duration, bool) {
 	}
 	if err != nil {
 		// Treated as a quick death, so a persistent failure backs off.
+		// NOTE: no test makes the fork or exec of the init fail, so this
+		// path has only been read, not run.
 		s.child = nil
 		s.deaths++
 		delay := Backoff(s.deaths + 1)
