@@ -27,7 +27,7 @@ vmlinux=$(ls -1 "$cache/vmlinux-$release"-* 2>/dev/null | head -n 1 || true)
 if [ -z "$vmlinux" ]; then
 	vmlinux=$cache/vmlinux-$release-bench
 	mkdir -p "$cache"
-	# The bzImage holds the kernel as one xz stream; its magic is FD 37 7A
+	# The bzImage contains the kernel as one xz stream, whose magic is FD 37 7A
 	# 58 5A 00. grep -P needs the C locale to match raw bytes.
 	offset=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$vmlinuz" | head -n 1 | cut -d: -f1)
 	[ -n "$offset" ] || { echo "bench/vm.sh: no xz stream in $vmlinuz" >&2; exit 1; }

@@ -263,7 +263,7 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 	}
 }
 
-// noteActivity tells the loop that a vassal init was spawned or reaped.
+// noteActivity signals the loop that a vassal init was spawned or reaped.
 func (e *Emperor) noteActivity() {
 	select {
 	case e.activity <- struct{}{}:
@@ -370,7 +370,7 @@ func (e *Emperor) readTyrant(path string) (*snapshot, bool) {
 		return nil, false
 	}
 	if info.Mode()&os.ModeSymlink != 0 {
-		return &snapshot{err: fmt.Errorf("tyrant mode refuses %q: it is a symlink, and the vassal would run as the owner of whatever it points to; put a regular file there", path)}, true
+		return &snapshot{err: fmt.Errorf("tyrant mode rejects %q: it is a symlink, and the vassal would run as the owner of whatever it points to; put a regular file there", path)}, true
 	}
 	if !info.Mode().IsRegular() {
 		return nil, false
@@ -396,10 +396,10 @@ func (e *Emperor) readTyrant(path string) (*snapshot, bool) {
 
 	switch {
 	case st.Uid == 0 || st.Gid == 0:
-		snap.err = fmt.Errorf("tyrant mode refuses %q: it is owned by %s, and a vassal must not run as root; chown it to the user it should run as", path, owner)
+		snap.err = fmt.Errorf("tyrant mode rejects %q: it is owned by %s, and a vassal must not run as root; chown it to the user it should run as", path, owner)
 		return snap, true
 	case st.Mode&0o022 != 0:
-		snap.err = fmt.Errorf("tyrant mode refuses %q: mode %#o lets group or others change it, and so choose what runs as its owner; chmod go-w it", path, st.Mode&0o777)
+		snap.err = fmt.Errorf("tyrant mode rejects %q: mode %#o lets group or others change it, and so choose what runs as its owner; chmod go-w it", path, st.Mode&0o777)
 		return snap, true
 	}
 

@@ -8,8 +8,8 @@ import (
 )
 
 // spawner starts every vassal init from one OS thread that never exits.
-// Vassal inits have a parent-death signal, and the kernel sends it when the
-// thread that forked them exits, not the process; the Go runtime may end a
+// Vassal inits have a parent-death signal, which the kernel sends when the
+// thread that forked them exits, not the process. The Go runtime may end a
 // thread whose goroutine locked it and returned, so forking from an arbitrary
 // goroutine could kill a healthy vassal.
 type spawner struct {

@@ -272,8 +272,8 @@ func (s *supervisor) start() (time.Duration, bool) {
 		s.child, err = s.e.spawner.start(cmd)
 	}
 	if statusWrite != nil {
-		// Only the init keeps the write end, so the read end sees EOF
-		// when the init exits.
+		// Only the init keeps the write end, so reads from the read end
+		// return EOF when the init exits.
 		statusWrite.Close()
 		if err != nil {
 			statusRead.Close()
@@ -300,7 +300,7 @@ func (s *supervisor) start() (time.Duration, bool) {
 	s.running = s.snap
 	s.e.board.update(s, func(entry *statusEntry) { entry.started = s.started })
 	// The init reports "running" once the start-up steps are done and the
-	// program has started; the reader starts after the state is set so
+	// program has started. The reader starts after the state is set, so
 	// that report cannot be overwritten.
 	s.setState(StateStarting)
 	if statusRead != nil {

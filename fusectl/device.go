@@ -27,9 +27,9 @@ func DeviceOpenToAll() (bool, error) {
 }
 
 // ShareDevice gives every user of this mount namespace access to /dev/fuse,
-// as udev does on a stock system, without touching the host's node: it
+// as udev does on a stock system, without touching the host's node. It
 // creates a mode 0666 node for the same device in dir and binds that node
-// over /dev/fuse. Call it only in a private or slave mount namespace; dir
+// over /dev/fuse. Call it only in a private or slave mount namespace. dir
 // must be on a filesystem mounted without nodev, such as a fresh tmpfs.
 func ShareDevice(dir string) error {
 	var st unix.Stat_t

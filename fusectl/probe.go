@@ -11,7 +11,7 @@ import (
 )
 
 // ErrProbeTimeout means statfs on a FUSE mount did not return in time: the
-// daemon is alive but does not answer.
+// daemon is alive but does not respond.
 var ErrProbeTimeout = errors.New("FUSE daemon did not respond to statfs in time")
 
 // ErrProberClosed means the probe was requested after [Prober.Close].
@@ -20,7 +20,7 @@ var ErrProberClosed = errors.New("prober closed")
 // Prober runs statfs on one mount from a dedicated OS thread that carries the
 // credentials of the user who mounted it.
 //
-// The kernel answers statfs on a FUSE mount with a zero-filled success,
+// The kernel returns a zero-filled success for statfs on a FUSE mount,
 // without asking the daemon, when the caller is not the mounter and the mount
 // has no allow_other. Probing as root would therefore never see a dead or hung
 // daemon of a mount made by a vassal's user. The thread switches its real,
@@ -100,7 +100,7 @@ func (p *Prober) loop(uid, gid uint32, started chan<- error) {
 }
 
 // Probe runs statfs on path and waits at most timeout. It returns nil when the
-// filesystem answered, the statfs error (ENOTCONN for a dead daemon), or
+// filesystem responded, the statfs error (ENOTCONN for a dead daemon), or
 // [ErrProbeTimeout]. When an earlier probe is still stuck, Probe returns
 // ErrProbeTimeout at once without starting another.
 func (p *Prober) Probe(path string, timeout time.Duration) error {

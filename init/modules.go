@@ -109,7 +109,7 @@ func (l *moduleLoader) load(name string, chain []string) error {
 			l.loaded[name] = true
 			return nil
 		}
-		return fmt.Errorf("kernel module %q not found in %s/modules.dep and not built into the kernel; check the name on fief.modules= and that the initramfs holds it", name, l.dir)
+		return fmt.Errorf("kernel module %q not found in %s/modules.dep and not built into the kernel; check the name on fief.modules= and that the initramfs contains it", name, l.dir)
 	}
 
 	for _, dep := range entry.deps {

@@ -226,10 +226,13 @@ func Shared() *Reaper {
 	return shared
 }
 
-// Output runs cmd, which must have no stdio set, and returns what it wrote
-// to stdout and stderr with its status. Its output is read through pipes
-// while it runs, so a large output cannot block it.
+// Output runs cmd, which must have no stdout or stderr set, and returns what
+// it wrote to them with its status. Its output is read through pipes while
+// it runs, so a large output cannot block it.
 func (r *Reaper) Output(cmd *exec.Cmd) (stdout, stderr []byte, status Status, err error) {
+	if cmd.Stdout != nil || cmd.Stderr != nil {
+		return nil, nil, Status{}, fmt.Errorf("running %q: Output sets stdout and stderr itself", cmd.Path)
+	}
 	outRead, outWrite, err := os.Pipe()
 	if err != nil {
 		return nil, nil, Status{}, err

@@ -278,10 +278,10 @@ func TestTyrantRunsVassalsAsFileOwners(t *testing.T) {
 	rejections := []struct {
 		path, want string
 	}{
-		{rootOwned, fmt.Sprintf("tyrant mode refuses %q: it is owned by 0:0, and a vassal must not run as root", rootOwned)},
-		{groupWritable, fmt.Sprintf("tyrant mode refuses %q: mode 0664 lets group or others change it", groupWritable)},
-		{worldWritable, fmt.Sprintf("tyrant mode refuses %q: mode 0646 lets group or others change it", worldWritable)},
-		{symlink, fmt.Sprintf("tyrant mode refuses %q: it is a symlink", symlink)},
+		{rootOwned, fmt.Sprintf("tyrant mode rejects %q: it is owned by 0:0, and a vassal must not run as root", rootOwned)},
+		{groupWritable, fmt.Sprintf("tyrant mode rejects %q: mode 0664 lets group or others change it", groupWritable)},
+		{worldWritable, fmt.Sprintf("tyrant mode rejects %q: mode 0646 lets group or others change it", worldWritable)},
+		{symlink, fmt.Sprintf("tyrant mode rejects %q: it is a symlink", symlink)},
 		{asRoot, fmt.Sprintf("%s:3: as-root steps run as root, which a vassal file owned by uid %d may not do in tyrant mode", asRoot, user2.uid)},
 	}
 	for _, rejection := range rejections {

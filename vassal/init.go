@@ -184,8 +184,8 @@ func (v *vassalInit) run() int {
 }
 
 // dispatchSignals cancels ctx on SIGTERM, SIGINT or SIGQUIT, so start-up
-// steps give up and the running program is stopped; SIGHUP asks for a
-// reload; the other signals are forwarded to the program.
+// steps give up and the running program is stopped. SIGHUP requests a
+// reload, and the other signals are forwarded to the program.
 func (v *vassalInit) dispatchSignals() {
 	for sig := range v.signals {
 		switch sig {
@@ -369,8 +369,8 @@ type loopOutcome struct {
 }
 
 // loop supervises the running program. It returns when the program exits,
-// a mount check fails, or a signal asks for a stop or a reload. It never
-// touches a FUSE path itself: probes run on their own threads.
+// a mount check fails, or a signal requests a stop or a reload. It never
+// touches a FUSE path itself, because probes run on their own threads.
 func (v *vassalInit) loop(program *reaper.Child, checks *mountChecks) loopOutcome {
 	for {
 		select {

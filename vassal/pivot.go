@@ -39,9 +39,9 @@ func (v *vassalInit) pivotRoot() error {
 	// paths, as unionfs-fuse with chroot= does.
 	if isMount && newRoot.IsFUSE() {
 		// A daemon may set its root while it handles FUSE_INIT, after
-		// the mount is already visible; unionfs-fuse does so for
-		// chroot=. The kernel holds every request until INIT is
-		// answered, so an answered statfs means the daemon is done.
+		// the mount is already visible, as unionfs-fuse does for
+		// chroot=. The kernel queues every request until INIT gets its
+		// reply, so a statfs that returns means the daemon is done.
 		if err := v.probeAsMounter(newRoot, pr.New); err != nil {
 			return stepErr(fmt.Errorf("the FUSE filesystem of the new root did not respond: %w", err))
 		}

@@ -16,7 +16,7 @@ import (
 // init. main checks for it before anything else.
 const InitArg0 = "fief-vassal-init"
 
-// initGOMAXPROCSMarker tells the vassal init that fief, not the user, set
+// initGOMAXPROCSMarker marks for the vassal init that fief, not the user, set
 // GOMAXPROCS in its environment.
 const initGOMAXPROCSMarker = "_FIEF_INIT_GOMAXPROCS"
 

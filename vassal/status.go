@@ -16,11 +16,11 @@ type MountStatus struct {
 	Detail  string `json:"detail,omitempty"`
 }
 
-// statusReporter reports the vassal's state to the emperor on an inherited pipe,
-// one line per event: "mounts " and the health of the mount checks in the
-// format of [FormatMountStatus], "running" once the program has started,
-// and "error " and a quoted message when a start or a check fails. A nil
-// reporter writes nothing.
+// statusReporter reports the vassal's state to the emperor on an inherited
+// pipe, one line per event. A "mounts " line carries the health of the mount
+// checks in the format of [FormatMountStatus]. "running" follows the start
+// of the program, and "error " with a quoted message follows a failed start
+// or check. A nil reporter writes nothing.
 type statusReporter struct {
 	mu     sync.Mutex
 	file   *os.File
