@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -320,6 +321,20 @@ var terminalEscapes = regexp.MustCompile(`\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])`)
 // and logs the wall time.
 func bootVM(t *testing.T, kernel vmKernel, initrd string, timeout time.Duration, params ...string) vmResult {
 	t.Helper()
+	return bootVMWithKeys(t, kernel, initrd, timeout, nil, params...)
+}
+
+// vmKeys is a key combination that QEMU's monitor types on the guest's
+// PS/2 keyboard once the console shows a line containing after.
+type vmKeys struct {
+	after string // console text that must appear first
+	keys  string // a key name of the monitor's sendkey command, e.g. ctrl-alt-delete
+}
+
+// bootVMWithKeys is bootVM with a monitor on a unix socket; when keys is
+// not nil, keys.keys is sent once the console shows keys.after.
+func bootVMWithKeys(t *testing.T, kernel vmKernel, initrd string, timeout time.Duration, keys *vmKeys, params ...string) vmResult {
+	t.Helper()
 	cmdline := append([]string{"console=ttyS0", "panic=-1", "quiet", "fief.exit-port=" + vmExitPort}, params...)
 	accel := vmAccel()
 	args := []string{
@@ -334,11 +349,24 @@ func bootVM(t *testing.T, kernel vmKernel, initrd string, timeout time.Duration,
 	if accel == "kvm" {
 		args = append(args, "-cpu", "host")
 	}
+	var console consoleWatch
+	var sent sync.WaitGroup
+	if keys != nil {
+		monitor := filepath.Join(t.TempDir(), "monitor.sock")
+		args = append(args, "-monitor", "unix:"+monitor+",server=on,wait=off")
+		console.after = keys.after
+		console.found = func() {
+			sent.Add(1)
+			go func() { defer sent.Done(); sendMonitorKeys(t, monitor, keys.keys) }()
+		}
+	}
+	// The sender logs through t, so it must end before the test does.
+	defer sent.Wait()
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
-	var console, stderr bytes.Buffer
+	var stderr bytes.Buffer
 	cmd.Stdout = &console
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 5 * time.Second
@@ -369,6 +397,64 @@ func bootVM(t *testing.T, kernel vmKernel, initrd string, timeout time.Duration,
 	t.Logf("VM boot (%s, %s, %s): %v, QEMU exit code %d, guest status %d",
 		accel, filepath.Base(kernel.image), strings.Join(params, " "), result.wall.Round(time.Millisecond), result.qemuStatus, result.status)
 	return result
+}
+
+// consoleWatch collects QEMU's console output and calls found once, from
+// the writing goroutine, when the output first contains after.
+type consoleWatch struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	after  string
+	found  func()
+	called bool
+}
+
+func (c *consoleWatch) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf.Write(p)
+	if c.found != nil && !c.called && strings.Contains(c.buf.String(), c.after) {
+		c.called = true
+		c.found()
+	}
+	return len(p), nil
+}
+
+func (c *consoleWatch) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// sendMonitorKeys types keys on the guest through QEMU's human monitor at
+// socket. A failure is only logged: the guest then does not react, and the
+// test fails on that.
+func sendMonitorKeys(t *testing.T, socket, keys string) {
+	conn, err := net.Dial("unix", socket)
+	if err != nil {
+		t.Logf("connecting to the QEMU monitor %s: %v", socket, err)
+		return
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "sendkey %s\n", keys); err != nil {
+		t.Logf("sending %q to the QEMU monitor: %v", keys, err)
+		return
+	}
+	// The monitor prints a prompt after its greeting and another after each
+	// command. Waiting for the second keeps the connection open until QEMU
+	// has run the command.
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var reply []byte
+	chunk := make([]byte, 4096)
+	for bytes.Count(reply, []byte("(qemu)")) < 2 {
+		n, err := conn.Read(chunk)
+		reply = append(reply, chunk[:n]...)
+		if err != nil {
+			t.Logf("reading the QEMU monitor's reply to %q: %v (so far: %q)", keys, err, reply)
+			return
+		}
+	}
+	t.Logf("sent %s through the QEMU monitor", keys)
 }
 
 // isQEMUFailure reports whether exit code 1 came from QEMU itself, which

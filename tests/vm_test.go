@@ -250,3 +250,29 @@ func TestVMVassalPivotRoot(t *testing.T) {
 		t.Errorf("expected the check to confirm the vassal's root\n%s", result.describe())
 	}
 }
+
+// waitForCtrlAltDel announces that it is ready and sleeps until fief init
+// stops it.
+const waitForCtrlAltDel = `#!/bin/busybox sh
+echo "check: waiting for ctrl-alt-del"
+exec /bin/busybox sleep 600
+`
+
+// TestVMCtrlAltDelShutsDown presses ctrl-alt-delete on the guest's keyboard
+// through QEMU's monitor. fief init has turned the key combination into
+// SIGINT for pid 1, so it stops the command with SIGTERM and powers off
+// with the command's status instead of the kernel rebooting at once.
+func TestVMCtrlAltDelShutsDown(t *testing.T) {
+	kernel := requireVM(t)
+	dir := t.TempDir()
+	command := writeTestFile(t, dir, "wait.sh", waitForCtrlAltDel, 0o755)
+	initrd := fiefVMArchive(t, kernel, dir, "--add", command+":/wait.sh")
+
+	keys := &vmKeys{after: "check: waiting for ctrl-alt-del", keys: "ctrl-alt-delete"}
+	result := bootVMWithKeys(t, kernel, initrd, vmBootTimeout, keys, "fief.exec=/wait.sh")
+	// 128 + SIGTERM: the sleep died of the SIGTERM fief sent it.
+	requireCleanExit(t, result, 143)
+	if !strings.Contains(result.console, "signal=SIGINT") {
+		t.Errorf("expected fief init to log that SIGINT stopped the command\n%s", result.describe())
+	}
+}
