@@ -692,17 +692,18 @@ func TestCheckPrintsExactPlan(t *testing.T) {
 
 	webPlan := fmt.Sprintf(`%s: valid
   namespaces:      fs,pid
-  user:            uid="nobody" gid="" (looked up in the vassal's root at start)
+  user:            uid="nobody", the user's primary group (looked up in the vassal's root at start)
   as-user:         line 5: exec fuse-zip -r %s %s
   program:         line 8: busybox httpd -f -p 127.0.0.1:9090 -h %s
   check:           line 9: %s every 500ms, timeout 2s
   stop-timeout:    3s
+  reload:          keeps the namespaces and mounts; starts the program of line 8; skips line 5 (if-not-reload)
   as-user-atexit:  line 13: exec fusermount -u %s
   as-root-atexit:  line 14: exec busybox touch "%s"
 `, web, app, mnt, mnt, mnt, mnt, e.path("atexit ran"))
 	unionPlan := fmt.Sprintf(`%s: valid
   namespaces:      fs,pid
-  user:            uid="user001" gid="user001" (looked up in the vassal's root at start)
+  user:            uid="user001", gid="user001" (looked up in the vassal's root at start)
   pre-jail:        line 4: hook callret:chdir /
   pre-jail:        line 5: hook exec:unionfs-fuse -ocow,chroot=%s,default_permissions,allow_other /base=RO:/cow/user001=RW %s
   pivot_root:      line 6: into %s, old root at %s/.old_root
@@ -715,12 +716,14 @@ func TestCheckPrintsExactPlan(t *testing.T) {
   env:             LANG=C.UTF-8
   check:           line 12: / every 1s, timeout 5s
   stop-timeout:    10s
+  reload:          keeps the namespaces and mounts; runs as-user line 10; starts the program of line 11
 `, union, ns, ufs, ufs, ufs)
 	appPlan := fmt.Sprintf(`%s: valid
   namespaces:      fs,pid,net,uts
   user:            root
   program:         uwsgi --ini fd://3 with 4 uWSGI option(s)
   stop-timeout:    10s
+  reload:          keeps the namespaces and mounts; starts uwsgi
 `, uwsgiApp)
 
 	type badFile struct {
@@ -742,6 +745,9 @@ func TestCheckPrintsExactPlan(t *testing.T) {
 			`%s:2: the if-not-reload block is not closed: add "endif =" after its last line`, ""},
 		{"chroot.ini", []string{"[uwsgi]", "exec = busybox true", "chroot = /srv"},
 			`%s:3: unsupported uWSGI option "chroot": fief does not chroot; use pivot-root = NEW OLD instead`, ""},
+		// A first start skips the if-reload block, but a reload reads it.
+		{"reload-shell.ini", []string{"[uwsgi]", "exec = busybox true", "if-reload =", "exec-as-user = busybox true ; echo", "endif ="},
+			`%s:4: invalid exec-as-user value "busybox true ; echo": shell syntax ";" is not run by a shell; write sh -c '...' to use a shell (when the vassal is reloaded)`, ""},
 	}
 	for i, b := range badFiles {
 		path := write(filepath.Join(bad, b.name), b.lines...)

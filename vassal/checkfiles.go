@@ -21,7 +21,15 @@ func CheckFiles(paths []string, stdout, stderr io.Writer) bool {
 			ok = false
 			continue
 		}
-		printPlan(stdout, cfg)
+		// A reload reads the file again with if-reload true, so the
+		// blocks a first start skips must be valid too.
+		reloadCfg, err := ParseFile(file, ParseOptions{Reload: true})
+		if err != nil {
+			fmt.Fprintf(stderr, "%v (when the vassal is reloaded)\n", err)
+			ok = false
+			continue
+		}
+		printPlan(stdout, cfg, reloadCfg)
 	}
 	return ok
 }
@@ -56,7 +64,7 @@ func expandPaths(paths []string, stderr io.Writer, ok *bool) []string {
 	return files
 }
 
-func printPlan(w io.Writer, cfg *Config) {
+func printPlan(w io.Writer, cfg, reloadCfg *Config) {
 	fmt.Fprintf(w, "%s: valid\n", cfg.File)
 
 	namespaces := "fs,pid"
@@ -66,7 +74,14 @@ func printPlan(w io.Writer, cfg *Config) {
 	fmt.Fprintf(w, "  namespaces:      %s\n", namespaces)
 
 	if cfg.UID != "" || cfg.GID != "" {
-		fmt.Fprintf(w, "  user:            uid=%q gid=%q (looked up in the vassal's root at start)\n", cfg.UID, cfg.GID)
+		uid, gid := fmt.Sprintf("uid=%q", cfg.UID), fmt.Sprintf("gid=%q", cfg.GID)
+		if cfg.UID == "" {
+			uid = "uid=0"
+		}
+		if cfg.GID == "" {
+			gid = "the user's primary group"
+		}
+		fmt.Fprintf(w, "  user:            %s, %s (looked up in the vassal's root at start)\n", uid, gid)
 	} else {
 		fmt.Fprintf(w, "  user:            root\n")
 	}
@@ -94,6 +109,7 @@ func printPlan(w io.Writer, cfg *Config) {
 		fmt.Fprintf(w, "  check:           line %d: %s every %v, timeout %v\n", check.Line, check.Path, cfg.CheckInterval, cfg.CheckTimeout)
 	}
 	fmt.Fprintf(w, "  stop-timeout:    %v\n", cfg.StopTimeout)
+	fmt.Fprintf(w, "  reload:          %s\n", describeReload(cfg, reloadCfg))
 
 	printPhase(w, cfg, PhaseAsUserAtexit)
 	printPhase(w, cfg, PhaseAsRootAtexit)
@@ -107,6 +123,75 @@ func printPhase(w io.Writer, cfg *Config, phase Phase) {
 			fmt.Fprintf(w, "  %-16s line %d: hook %s\n", string(phase)+":", step.Line(), step.Text())
 		}
 	}
+}
+
+// describeReload says what a reload runs: it keeps the namespaces and
+// mounts, runs the as-user phase of the file read with if-reload true, and
+// starts the program again; pre-jail, as-root and atexit steps do not run.
+// As-user and program lines that only a first start or only a reload runs
+// are named.
+func describeReload(cfg, reloadCfg *Config) string {
+	startLines := stepLines(cfg)
+	reloadLines := stepLines(reloadCfg)
+
+	var asUser, skipped, added []int
+	for _, step := range reloadCfg.Steps[PhaseAsUser] {
+		asUser = append(asUser, step.Line())
+	}
+	for line := range startLines {
+		if !reloadLines[line] {
+			skipped = append(skipped, line)
+		}
+	}
+	for line := range reloadLines {
+		if !startLines[line] {
+			added = append(added, line)
+		}
+	}
+	sort.Ints(skipped)
+	sort.Ints(added)
+
+	parts := []string{"keeps the namespaces and mounts"}
+	if len(asUser) > 0 {
+		parts = append(parts, "runs as-user "+joinLines(asUser))
+	}
+	if reloadCfg.Exec != nil {
+		parts = append(parts, fmt.Sprintf("starts the program of line %d", reloadCfg.Exec.Line))
+	} else {
+		parts = append(parts, "starts "+uwsgiProgram)
+	}
+	if len(skipped) > 0 {
+		parts = append(parts, "skips "+joinLines(skipped)+" (if-not-reload)")
+	}
+	if len(added) > 0 {
+		parts = append(parts, "adds "+joinLines(added)+" (if-reload)")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// stepLines returns the lines of the as-user steps and of the program in
+// cfg: the parts of a vassal that a reload runs again.
+func stepLines(cfg *Config) map[int]bool {
+	lines := make(map[int]bool)
+	for _, step := range cfg.Steps[PhaseAsUser] {
+		lines[step.Line()] = true
+	}
+	if cfg.Exec != nil {
+		lines[cfg.Exec.Line] = true
+	}
+	return lines
+}
+
+// joinLines renders line numbers as "line 5" or "lines 5, 7".
+func joinLines(lines []int) string {
+	words := make([]string, len(lines))
+	for i, line := range lines {
+		words[i] = fmt.Sprint(line)
+	}
+	if len(lines) == 1 {
+		return "line " + words[0]
+	}
+	return "lines " + strings.Join(words, ", ")
 }
 
 // quoteArgv renders argv so that each word's boundaries are visible.
