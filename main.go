@@ -41,7 +41,9 @@ func main() {
 	// fief waits on children, signals and files and computes almost
 	// nothing, so one P is enough. Each further P keeps caches and idle
 	// threads: with one, a vassal init's RSS drops by about 0.3 MB.
-	if os.Getenv("GOMAXPROCS") == "" {
+	// Setting it stops the world, so it is skipped when there is one
+	// already, as on a VM with one CPU.
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) != 1 {
 		runtime.GOMAXPROCS(1)
 	}
 
@@ -347,21 +349,27 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 }
 
 func runInit(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("init", stderr)
-	var logs logFlags
-	logs.register(fs)
-	if code := parseFlags(fs, args); code >= 0 {
-		if os.Getpid() != 1 {
-			return code
+	logs := logFlags{format: "text", level: "info"}
+	command := args
+	// The kernel starts /init without arguments. The flag set is then not
+	// built, which spares a booting VM the flag package's code.
+	if len(args) > 0 {
+		fs := newFlagSet("init", stderr)
+		logs.register(fs)
+		if code := parseFlags(fs, args); code >= 0 {
+			if os.Getpid() != 1 {
+				return code
+			}
+			// Pid 1 must not exit on a bad flag: run with the defaults.
 		}
-		// Pid 1 must not exit on a bad flag: run with the defaults.
-	}
-	if !logs.validate(stderr) {
-		logs = logFlags{format: "text", level: "info"}
+		if !logs.validate(stderr) {
+			logs = logFlags{format: "text", level: "info"}
+		}
+		command = fs.Args()
 	}
 
 	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
-	return initd.RunVM(log, fs.Args())
+	return initd.RunVM(log, command)
 }
 
 func runVersion(args []string, stdout, stderr io.Writer) int {
