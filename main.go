@@ -58,7 +58,8 @@ func main() {
 		procs = 2
 	}
 	// Setting it stops the world, so it is skipped when the count is
-	// right already, as for most inits on a VM with one CPU.
+	// right already, as for any command on a machine with one CPU other
+	// than a VM's init, or for the init of a VM with two CPUs.
 	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) != procs {
 		runtime.GOMAXPROCS(procs)
 	}
