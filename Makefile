@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 TEST_PACKAGES  := fuse-zip fuse3 unionfs-fuse busybox-static zip file util-linux procps \
                   runc docker.io containerd gosu tini \
                   qemu-system-x86 linux-image-amd64 xz-utils uwsgi-core uwsgi-plugin-psgi
-BENCH_PACKAGES := $(TEST_PACKAGES) bubblewrap
+BENCH_PACKAGES := $(TEST_PACKAGES) bubblewrap gcc libc6-dev
 FULL_PACKAGES  := $(TEST_PACKAGES) debootstrap debian-archive-keyring
 
 .PHONY: build test test-full test-unit demo bench bench-vm chaos deps bench-deps vet clean
@@ -48,9 +48,11 @@ bench: bench-deps build
 	./bench/run.sh
 	./bench/vm.sh
 
-# Boot time of fief init in QEMU alone.
+# Boot time of fief init in QEMU alone, then the floor under it: the same
+# boot steps made by a static C /init, and the start of a minimal Go /init.
 bench-vm: bench-deps build
 	./bench/vm.sh
+	./bench/vm-floor.sh
 
 # The chaos test at full size: 1,000 kills and 100 hung FUSE daemons over 10
 # vassals, about 9 minutes on 2 CPUs. make test runs it smaller.

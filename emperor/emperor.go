@@ -64,6 +64,12 @@ type Options struct {
 	// OnSpawn, when set, is called after each vassal init is spawned, on
 	// that vassal's supervisor goroutine; it must not block.
 	OnSpawn func(name string, pid int)
+	// OnFirstScan, when set, is called once, on the emperor's goroutine,
+	// when every vassal file of the first scan of the directory has had its
+	// first start: its init spawned, its spawn failed, or the file found
+	// invalid. It is not called when Run fails before that scan, and it
+	// must not block.
+	OnFirstScan func()
 }
 
 // Emperor supervises one vassal directory.
@@ -87,6 +93,9 @@ type Emperor struct {
 	// activity receives a value when a supervisor spawns or reaps a vassal
 	// init; the loop then arms its one settle timer.
 	activity chan struct{}
+	// firstStarts counts the supervisors created by the first scan until
+	// their first start. It is nil after that scan.
+	firstStarts *sync.WaitGroup
 }
 
 // Run supervises opts.Dir until ctx ends or SIGTERM or SIGINT arrives, then
@@ -151,8 +160,22 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 	defer closeWatch()
 
 	log.Info("emperor started", "dir", dir, "clone", strings.Join(cloneList(e.cloneFlags), ","), "pid", os.Getpid())
+	started := time.Now()
+
+	// The first scan's vassals start before the status socket is served
+	// and before the loop runs: their spawns need neither, and a booting
+	// VM waits for them. Signals and inotify events queue meanwhile.
+	var firstStarts sync.WaitGroup
+	e.firstStarts = &firstStarts
+	e.rescan(false)
+	e.firstStarts = nil
+	firstStarts.Wait()
+	if opts.OnFirstScan != nil {
+		opts.OnFirstScan()
+	}
+
 	if opts.StatusSocket != "" {
-		stopStatus, err := e.serveStatus(opts.StatusSocket, time.Now())
+		stopStatus, err := e.serveStatus(opts.StatusSocket, started)
 		if err != nil {
 			// The vassals matter more than the report: run without it.
 			log.Error("not serving status", "pid", os.Getpid(), "err", err)
@@ -160,7 +183,6 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 			defer stopStatus()
 		}
 	}
-	e.rescan(false)
 
 	err = e.loop(ctx, events, signals)
 	e.shutdown()
@@ -324,6 +346,10 @@ func (e *Emperor) sync(name string, touched bool) {
 	case !exists:
 	case s == nil:
 		s = newSupervisor(e, name, path)
+		if e.firstStarts != nil {
+			e.firstStarts.Add(1)
+			s.firstStarted = e.firstStarts.Done
+		}
 		e.vassals[name] = s
 		go func() {
 			s.run(snap)

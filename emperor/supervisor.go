@@ -105,6 +105,8 @@ type supervisor struct {
 
 	mail mailbox
 	done chan struct{}
+	// firstStarted, when set, is called once after the first start.
+	firstStarted func()
 
 	snap     *snapshot
 	running  *snapshot // the snapshot child was started with
@@ -177,6 +179,9 @@ func (s *supervisor) run(first *snapshot) {
 
 	s.snap = first
 	launch()
+	if s.firstStarted != nil {
+		s.firstStarted()
+	}
 
 	for {
 		var childDone <-chan reaper.Status

@@ -145,6 +145,9 @@ func (vm *vmInit) runWorkload(command []string) int {
 
 	var wg sync.WaitGroup
 	emperorStatus := make(chan int, 1)
+	// firstScan is closed once the emperor's first scan has started every
+	// vassal it found, or at once when no emperor runs.
+	firstScan := make(chan struct{})
 	if info, err := os.Stat(VassalDir); err == nil && info.IsDir() {
 		wg.Add(1)
 		go func() {
@@ -154,6 +157,7 @@ func (vm *vmInit) runWorkload(command []string) int {
 				UseClone:     "fs,pid",
 				StatusSocket: emperor.DefaultStatusSocket,
 				Reaper:       vm.reaper,
+				OnFirstScan:  func() { close(firstScan) },
 				// The emperor handles its own signals too; in a VM it
 				// stops on the same SIGTERM and SIGINT as the init.
 				OnSpawn: func(name string, pid int) {
@@ -173,6 +177,8 @@ func (vm *vmInit) runWorkload(command []string) int {
 	} else if len(command) == 0 {
 		vm.log.Error("nothing to run: no vassal directory and no command; give fief.exec= on the kernel command line or add vassal files", "dir", VassalDir)
 		return 1
+	} else {
+		close(firstScan)
 	}
 
 	if len(command) == 0 {
@@ -189,6 +195,15 @@ func (vm *vmInit) runWorkload(command []string) int {
 		return status
 	}
 
+	// The vassals start first: the command usually uses them, and on a VM
+	// with one CPU it would otherwise slow their start. A stop signal that
+	// arrives meanwhile stays queued for runCommand.
+	select {
+	case <-firstScan:
+	case <-emperorStatus:
+		// The emperor failed before its first scan and has logged why,
+		// so the command runs without it.
+	}
 	status := vm.runCommand(command, signals)
 	cancel()
 	wg.Wait()
