@@ -43,7 +43,13 @@ const shutdownGrace = 5 * time.Second
 // module loading, no power-off) and returns the exit status.
 func RunVM(log *slog.Logger, argv []string) int {
 	pid1 := os.Getpid() == 1
-	vm := &vmInit{log: log, pid1: pid1}
+	vm := &vmInit{log: log, pid1: pid1, signals: make(chan os.Signal, 4)}
+	// The stop signals are caught from the start and never released: the
+	// Go runtime ends a process on a SIGTERM, SIGINT or SIGPWR that nothing
+	// asked for, and pid 1 ending makes the kernel panic. A signal that
+	// arrives before the workload runs stops it as soon as it starts; one
+	// that arrives during the shutdown is ignored.
+	signal.Notify(vm.signals, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
 	status := vm.run(argv)
 	if !pid1 {
 		return status
@@ -57,6 +63,8 @@ type vmInit struct {
 	pid1   bool
 	params bootParams
 	reaper *reaper.Reaper
+	// signals receives SIGTERM, SIGINT (ctrl-alt-del) and SIGPWR.
+	signals chan os.Signal
 
 	firstSpawn sync.Once
 	// workloadEnd is when the command or the emperor ended.
@@ -136,9 +144,7 @@ func (vm *vmInit) runWorkload(command []string) int {
 		vm.log.Debug("reaped orphan", "orphan_pid", st.Pid, "status", st.String())
 	})
 
-	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
-	defer signal.Stop(signals)
+	signals := vm.signals
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -7,7 +7,7 @@
 // FLOOR_MODE=system on the kernel command line, which the kernel passes to
 // /init as an environment variable, it instead leaves the initramfs,
 // mounts what fief init mounts, reads /proc/cmdline, turns ctrl-alt-del
-// off, brings lo up with SIOCSIFFLAGS, watches /etc/fief/vassals with
+// off, brings lo up with an RTM_NEWLINK request, watches /etc/fief/vassals with
 // inotify, writes one console line, reads every vassal file and forks and
 // execs itself into new mount and pid namespaces, printing each step's
 // CLOCK_MONOTONIC duration. It ends QEMU through isa-debug-exit at 0xf4.
@@ -15,6 +15,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -106,12 +108,30 @@ static void do_system_work(void)
 		chmod("/dev/fuse", 0666);
 	step("ctrl-alt-del-off");
 
+	// As fief does: the index of lo by ioctl, then one RTM_NEWLINK
+	// request with IFF_UP and its acknowledgement over netlink.
 	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	struct ifreq ifr = {0};
 	strcpy(ifr.ifr_name, "lo");
-	ioctl(fd, SIOCGIFFLAGS, &ifr);
-	ifr.ifr_flags |= IFF_UP;
-	if (ioctl(fd, SIOCSIFFLAGS, &ifr) != 0)
+	ioctl(fd, SIOCGIFINDEX, &ifr);
+	close(fd);
+	fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+	struct {
+		struct nlmsghdr nh;
+		struct ifinfomsg ifi;
+	} req = {0};
+	req.nh.nlmsg_len = sizeof(req);
+	req.nh.nlmsg_type = RTM_NEWLINK;
+	req.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	req.nh.nlmsg_seq = 1;
+	req.ifi.ifi_family = AF_UNSPEC;
+	req.ifi.ifi_index = ifr.ifr_ifindex;
+	req.ifi.ifi_flags = IFF_UP;
+	req.ifi.ifi_change = IFF_UP;
+	struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+	char ack[256];
+	if (sendto(fd, &req, sizeof(req), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0 ||
+	    recv(fd, ack, sizeof(ack), 0) < 0)
 		dprintf(2, "floor: bringing lo up failed: %s\n", strerror(errno));
 	close(fd);
 	step("lo-up");
