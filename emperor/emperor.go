@@ -422,9 +422,7 @@ func (e *Emperor) abortFUSE(pid int) ([]uint32, error) {
 	e.controlMu.Lock()
 	defer e.controlMu.Unlock()
 	if e.control == nil {
-		control, err := fusectl.OpenControl(func() ([]mount.Info, error) {
-			return mount.ReadMountinfo("/proc/self/mountinfo")
-		})
+		control, err := fusectl.OpenControl()
 		if err != nil {
 			return nil, err
 		}
