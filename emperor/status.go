@@ -102,6 +102,10 @@ func (b *statusBoard) snapshot() []VassalStatus {
 func (s *supervisor) readStatus(pipe *os.File, pid int) {
 	defer pipe.Close()
 	scanner := bufio.NewScanner(pipe)
+	// The buffer lives as long as the vassal init. Status lines are short,
+	// so it starts at 256 bytes, where the default would start at 4 KiB,
+	// and grows to the default maximum for a line that needs it.
+	scanner.Buffer(make([]byte, 256), bufio.MaxScanTokenSize)
 	for scanner.Scan() {
 		event, err := vassal.ParseStatusEvent(scanner.Text())
 		if err != nil {
