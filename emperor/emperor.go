@@ -83,7 +83,8 @@ type Emperor struct {
 	controlMu sync.Mutex
 	control   *fusectl.Control
 
-	board *statusBoard
+	board        *statusBoard
+	statusReader *statusReader
 	// activity receives a value when a supervisor spawns or reaps a vassal
 	// init; the loop then arms its one settle timer.
 	activity chan struct{}
@@ -139,6 +140,11 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 		})
 	}
 	e.spawner = newSpawner(e.reaper)
+	e.statusReader, err = newStatusReader()
+	if err != nil {
+		return err
+	}
+	defer e.statusReader.close()
 
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
