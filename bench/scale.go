@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -214,7 +217,7 @@ func (r *sideRun) measureScale(ctx context.Context, run int) error {
 	for i, v := range vassals {
 		wg.Go(func() {
 			errs[i] = poll(ctx, scalePollInterval, scaleTimeout, fmt.Sprintf("HTTP 200 on 127.0.0.1:%d", v.port), func() (bool, error) {
-				return served(ctx, v.port, r.side.body), nil
+				return servedCheaply(v.port, r.side.body), nil
 			})
 		})
 	}
@@ -355,4 +358,44 @@ func (r *sideRun) vassalTicks() (map[processKey]int64, error) {
 		ticks[processKey{p.pid, p.start}] = t
 	}
 	return ticks, nil
+}
+
+// servedCheaply reports whether "GET /" on the vassal's port returns 200 with
+// the expected body, as served does, but it connects with plain system
+// calls and sends the request over that connection itself. While 200
+// vassals start, most polls find no listener yet. Such a poll took about
+// 15 µs of CPU time this way and about 80 µs through net/http's client
+// (5,000 polls of a closed loopback port on the 2-CPU bench machine), and
+// the harness takes that time from the starting vassals.
+func servedCheaply(port int, body string) bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	// Connect and the reads give up after 2 s, like the client of served.
+	timeout := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
+	if unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &timeout) != nil ||
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout) != nil {
+		unix.Close(fd)
+		return false
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		unix.Close(fd)
+		return false
+	}
+
+	// Only a listening port gets this far, once or a few times per vassal.
+	file := os.NewFile(uintptr(fd), "http")
+	defer file.Close()
+	request := fmt.Sprintf("GET / HTTP/1.0\r\nHost: 127.0.0.1:%d\r\n\r\n", port)
+	if _, err := file.WriteString(request); err != nil {
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(file), nil)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
+	return err == nil && resp.StatusCode == http.StatusOK && string(got) == body
 }

@@ -89,7 +89,8 @@ type Emperor struct {
 	controlMu sync.Mutex
 	control   *fusectl.Control
 
-	board *statusBoard
+	board        *statusBoard
+	statusReader *statusReader
 	// activity receives a value when a supervisor spawns or reaps a vassal
 	// init; the loop then arms its one settle timer.
 	activity chan struct{}
@@ -148,6 +149,11 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 		})
 	}
 	e.spawner = newSpawner(e.reaper)
+	e.statusReader, err = newStatusReader()
+	if err != nil {
+		return err
+	}
+	defer e.statusReader.close()
 
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
@@ -448,9 +454,7 @@ func (e *Emperor) abortFUSE(pid int) ([]uint32, error) {
 	e.controlMu.Lock()
 	defer e.controlMu.Unlock()
 	if e.control == nil {
-		control, err := fusectl.OpenControl(func() ([]mount.Info, error) {
-			return mount.ReadMountinfo("/proc/self/mountinfo")
-		})
+		control, err := fusectl.OpenControl()
 		if err != nil {
 			return nil, err
 		}

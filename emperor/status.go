@@ -1,7 +1,6 @@
 package emperor
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -97,32 +96,27 @@ func (b *statusBoard) snapshot() []VassalStatus {
 	return out
 }
 
-// readStatus reads the status lines of a vassal init until the init exits
-// and the pipe closes.
-func (s *supervisor) readStatus(pipe *os.File, pid int) {
-	defer pipe.Close()
-	scanner := bufio.NewScanner(pipe)
-	for scanner.Scan() {
-		event, err := vassal.ParseStatusEvent(scanner.Text())
-		if err != nil {
-			s.log.Warn("invalid status line from the vassal init", "pid", pid, "err", err)
-			continue
-		}
-		s.e.board.update(s, func(entry *statusEntry) {
-			switch {
-			case event.Error != "":
-				// Kept after the init exits: it is why it exited.
-				entry.status.Error = event.Error
-			case entry.status.Pid != pid:
-				// A late line of an init that has been replaced.
-			case event.Running:
-				entry.status.State = StateRunning
-				entry.status.Error = ""
-			default:
-				entry.status.Mounts = event.Mounts
-			}
-		})
+// handleStatusLine records one status line of the vassal init pid.
+func (s *supervisor) handleStatusLine(line string, pid int) {
+	event, err := vassal.ParseStatusEvent(line)
+	if err != nil {
+		s.log.Warn("invalid status line from the vassal init", "pid", pid, "err", err)
+		return
 	}
+	s.e.board.update(s, func(entry *statusEntry) {
+		switch {
+		case event.Error != "":
+			// Kept after the init exits: it is why it exited.
+			entry.status.Error = event.Error
+		case entry.status.Pid != pid:
+			// A late line of an init that has been replaced.
+		case event.Running:
+			entry.status.State = StateRunning
+			entry.status.Error = ""
+		default:
+			entry.status.Mounts = event.Mounts
+		}
+	})
 }
 
 // serveStatus listens on path. A client writes one line, "json" or "table",

@@ -3,7 +3,6 @@ package emperor
 import (
 	"bytes"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -259,10 +258,10 @@ func (s *supervisor) start() (time.Duration, bool) {
 		}
 	}
 
-	statusRead, statusWrite, err := os.Pipe()
+	statusRead, statusWrite, err := newStatusPipe()
 	if err != nil {
 		s.log.Error("creating the status pipe failed", "pid", 0, "err", err)
-		statusRead, statusWrite = nil, nil
+		statusRead, statusWrite = -1, nil
 	}
 	cmd, err := vassal.InitCommand(s.path, vassal.SpawnOptions{
 		CloneFlags: flags,
@@ -281,8 +280,8 @@ func (s *supervisor) start() (time.Duration, bool) {
 		// return EOF when the init exits.
 		statusWrite.Close()
 		if err != nil {
-			statusRead.Close()
-			statusRead = nil
+			unix.Close(statusRead)
+			statusRead = -1
 		}
 	}
 	if err != nil {
@@ -308,8 +307,10 @@ func (s *supervisor) start() (time.Duration, bool) {
 	// program has started. The reader starts after the state is set, so
 	// that report cannot be overwritten.
 	s.setState(StateStarting)
-	if statusRead != nil {
-		go s.readStatus(statusRead, s.child.Pid)
+	if statusRead >= 0 {
+		if err := s.e.statusReader.watch(statusRead, s, s.child.Pid); err != nil {
+			s.log.Error("not reading the status pipe of the vassal init; fief status will not show its mounts", "pid", s.child.Pid, "err", err)
+		}
 	}
 	s.log.Info("vassal started", "pid", s.child.Pid, "restarts", s.restarts)
 	return 0, false

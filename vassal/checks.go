@@ -56,6 +56,11 @@ func (v *vassalInit) startChecks() (*mountChecks, error) {
 	}
 	v.status.set(healthy)
 
+	if len(mc.checks) == 0 {
+		// No goroutine and no ticker: a vassal without checks never
+		// wakes while its program runs.
+		return mc, nil
+	}
 	for _, check := range mc.checks {
 		mc.wg.Add(1)
 		go v.watchMount(mc, check)

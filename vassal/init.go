@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -253,7 +252,7 @@ func (v *vassalInit) prepareNamespace() error {
 
 	// Without the fuse module there is no control filesystem, and no FUSE
 	// mount to abort either.
-	control, err := fusectl.OpenControl(v.readMounts)
+	control, err := fusectl.OpenControl()
 	switch {
 	case err == nil:
 		v.control = control
@@ -328,9 +327,10 @@ func (v *vassalInit) supervise() int {
 			return v.abortStart(err)
 		}
 
-		// Start-up garbage is gone for good; return it to the kernel
-		// instead of keeping it until the heap reaches 4 MB.
-		debug.FreeOSMemory()
+		// No collection is forced here. Start-up leaves little garbage:
+		// a forced collection (debug.FreeOSMemory) took about 0.4 ms of
+		// CPU time per init on 2 CPUs and left RssAnon about 0.2 MB
+		// higher, with a busybox or a fuse-zip vassal.
 
 		outcome := v.loop(program, checks)
 		checks.close()
