@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"fief/binpages"
 	"fief/fusectl"
 	"fief/mount"
 	"fief/reaper"
@@ -331,6 +332,7 @@ func (v *vassalInit) supervise() int {
 		// Start-up garbage is gone for good; return it to the kernel
 		// instead of keeping it until the heap reaches 4 MB.
 		debug.FreeOSMemory()
+		v.releaseBinaryPages()
 
 		outcome := v.loop(program, checks)
 		checks.close()
@@ -466,4 +468,16 @@ func (v *vassalInit) tearDown(code int) int {
 	v.runAtexit()
 	v.log.Debug("vassal init exiting", "code", code)
 	return code
+}
+
+// releaseBinaryPages drops the pages of fief's code and read-only data from
+// the init's page tables once set-up is done. The set-up code is not needed
+// again, and package binpages explains why the pages stay cached.
+func (v *vassalInit) releaseBinaryPages() {
+	result, err := binpages.Release()
+	if err != nil {
+		v.log.Warn("releasing the pages of the fief binary failed", "err", err)
+		return
+	}
+	v.log.Debug("released the pages of the fief binary", "bytes", result.Bytes(), "mappings", len(result.Dropped), "skipped", len(result.Skipped))
 }
