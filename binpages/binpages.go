@@ -153,7 +153,8 @@ func readSmaps(path string) ([]Mapping, error) {
 
 // parseSmaps parses the format of proc(5) smaps: a header line per mapping
 // ("start-end perms offset dev inode [path]") followed by "Key: value kB"
-// lines.
+// lines. Only header lines are split into fields, because a process has
+// about 25 key lines per mapping and the parse should leave little garbage.
 func parseSmaps(r io.Reader) ([]Mapping, error) {
 	var mappings []Mapping
 	scanner := bufio.NewScanner(r)
@@ -161,21 +162,20 @@ func parseSmaps(r io.Reader) ([]Mapping, error) {
 	for scanner.Scan() {
 		line++
 		text := scanner.Bytes()
-		fields := bytes.Fields(text)
-		if len(fields) == 0 {
+		first, rest, _ := bytes.Cut(text, []byte(" "))
+		if len(first) == 0 {
 			continue
 		}
-		key := fields[0]
-		if key[len(key)-1] == ':' {
+		if key, isField := bytes.CutSuffix(first, []byte(":")); isField {
 			if len(mappings) == 0 {
 				return nil, fmt.Errorf("line %d: %q comes before any mapping", line, text)
 			}
-			if err := setField(&mappings[len(mappings)-1], string(key[:len(key)-1]), fields[1:]); err != nil {
+			if err := setField(&mappings[len(mappings)-1], key, rest); err != nil {
 				return nil, fmt.Errorf("line %d: %w", line, err)
 			}
 			continue
 		}
-		m, err := parseHeader(fields)
+		m, err := parseHeader(bytes.Fields(text))
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
@@ -228,9 +228,10 @@ func parseHeader(fields [][]byte) (Mapping, error) {
 }
 
 // setField stores the "Rss" and "Anonymous" sizes and ignores other keys.
-func setField(m *Mapping, key string, value [][]byte) error {
+// value is the rest of the line after "Key:", such as "   1344 kB".
+func setField(m *Mapping, key, value []byte) error {
 	var target *int64
-	switch key {
+	switch string(key) {
 	case "Rss":
 		target = &m.Rss
 	case "Anonymous":
@@ -238,12 +239,13 @@ func setField(m *Mapping, key string, value [][]byte) error {
 	default:
 		return nil
 	}
-	if len(value) != 2 || string(value[1]) != "kB" {
-		return fmt.Errorf("invalid %s value %q: want N kB", key, bytes.Join(value, []byte(" ")))
+	number, isKB := bytes.CutSuffix(bytes.TrimSpace(value), []byte(" kB"))
+	if !isKB {
+		return fmt.Errorf("invalid %s value %q: want N kB", key, bytes.TrimSpace(value))
 	}
-	kb, err := strconv.ParseInt(string(value[0]), 10, 64)
+	kb, err := strconv.ParseInt(string(bytes.TrimSpace(number)), 10, 64)
 	if err != nil {
-		return fmt.Errorf("invalid %s value %q: %w", key, value[0], err)
+		return fmt.Errorf("invalid %s value %q: %w", key, number, err)
 	}
 	*target = kb * 1024
 	return nil

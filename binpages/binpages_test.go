@@ -257,3 +257,33 @@ func TestParseSmapsInvalid(t *testing.T) {
 		})
 	}
 }
+
+// TestParseSmapsAllocationsPerMapping counts heap allocations, not time: the
+// key lines, about 25 per mapping, must not allocate, so the count grows with
+// the mappings and not with the lines.
+func TestParseSmapsAllocationsPerMapping(t *testing.T) {
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mappings, err := parseSmaps(bytes.NewReader(smaps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Count(smaps, []byte("\n"))
+
+	reader := bytes.NewReader(smaps)
+	allocations := testing.AllocsPerRun(10, func() {
+		reader.Reset(smaps)
+		if _, err := parseSmaps(reader); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Logf("%v allocations for %d mappings in %d lines", allocations, len(mappings), lines)
+	// Each header line allocates its fields, perms, device and path, and
+	// at times a larger mappings slice. The scanner allocates its buffer
+	// once.
+	if limit := float64(6*len(mappings) + 16); allocations > limit {
+		t.Errorf("parseSmaps made %v allocations for %d mappings in %d lines, want at most %v", allocations, len(mappings), lines, limit)
+	}
+}
