@@ -28,8 +28,10 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -97,6 +99,34 @@ func Release() (Result, error) {
 		}
 	}
 	return result, nil
+}
+
+// ReleaseAfterEachGC calls [Release] after each garbage collection that ends
+// at least minInterval after the previous call, and passes each outcome to
+// report. It returns at once, and report runs on a runtime cleanup goroutine.
+//
+// The Go runtime collects at least every 2 minutes (forcegcperiod in
+// runtime/proc.go of Go 1.26). A collection runs the collector's code and
+// reads the stack maps of every goroutine's frames in pclntab. In an idle
+// fief process that faults about 1 MB of the binary back in.
+func ReleaseAfterEachGC(minInterval time.Duration, report func(Result, error)) {
+	armAfterGC(time.Now(), minInterval, report)
+}
+
+// armAfterGC attaches the next call to the collection of a new object. A
+// cleanup runs after the collection that finds its object unreachable, and
+// each run arms the next, so exactly one object is armed at a time.
+func armAfterGC(last time.Time, minInterval time.Duration, report func(Result, error)) {
+	// 32 pointer-free bytes: the tiny allocator, which may keep an object
+	// alive with its neighbours, serves only objects below 16 bytes.
+	sentinel := new([32]byte)
+	runtime.AddCleanup(sentinel, func(last time.Time) {
+		if time.Since(last) >= minInterval {
+			last = time.Now()
+			report(Release())
+		}
+		armAfterGC(last, minInterval, report)
+	}, last)
 }
 
 // textAddress returns an address in the binary's text segment: the entry

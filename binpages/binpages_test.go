@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // readRssFile returns RssFile of this process in bytes.
@@ -285,5 +286,36 @@ func TestParseSmapsAllocationsPerMapping(t *testing.T) {
 	// once.
 	if limit := float64(6*len(mappings) + 16); allocations > limit {
 		t.Errorf("parseSmaps made %v allocations for %d mappings in %d lines, want at most %v", allocations, len(mappings), lines, limit)
+	}
+}
+
+func TestReleaseAfterEachGCFollowsCollections(t *testing.T) {
+	type outcome struct {
+		result Result
+		err    error
+	}
+	outcomes := make(chan outcome, 4)
+	ReleaseAfterEachGC(0, func(result Result, err error) {
+		// The hook stays armed after the test, so later calls drop
+		// their outcome instead of blocking the cleanup goroutine.
+		select {
+		case outcomes <- outcome{result, err}:
+		default:
+		}
+	})
+
+	for collection := 1; collection <= 2; collection++ {
+		runtime.GC()
+		select {
+		case got := <-outcomes:
+			if got.err != nil {
+				t.Fatalf("Release after collection %d: %v", collection, got.err)
+			}
+			if len(got.result.Dropped) == 0 {
+				t.Errorf("Release after collection %d dropped no mapping", collection)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no Release within 10 s of collection %d", collection)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -142,6 +143,7 @@ type vassalInit struct {
 	stop context.CancelFunc
 
 	runtimeMounted bool
+	releaseArmed   sync.Once
 }
 
 // run performs the set-up sequence, supervises the program and tears down.
@@ -472,9 +474,21 @@ func (v *vassalInit) tearDown(code int) int {
 
 // releaseBinaryPages drops the pages of fief's code and read-only data from
 // the init's page tables once set-up is done. The set-up code is not needed
-// again, and package binpages explains why the pages stay cached.
+// again, and package binpages explains why the pages stay cached. The first
+// call also arms a release after each garbage collection, since the
+// collector's own code and tables fault about 1 MB back in every 2 minutes.
 func (v *vassalInit) releaseBinaryPages() {
-	result, err := binpages.Release()
+	v.logRelease(binpages.Release())
+	v.releaseArmed.Do(func() {
+		binpages.ReleaseAfterEachGC(releaseInterval, v.logRelease)
+	})
+}
+
+// releaseInterval is the minimum time between two releases after garbage
+// collections.
+const releaseInterval = time.Minute
+
+func (v *vassalInit) logRelease(result binpages.Result, err error) {
 	if err != nil {
 		v.log.Warn("releasing the pages of the fief binary failed", "err", err)
 		return
