@@ -219,7 +219,7 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
 	// The emperor drops its binary pages when it settles after activity,
 	// and after collections, whose code faults about 1 MB back in.
-	binpages.ReleaseAfterEachGC(time.Minute, func(_ binpages.Result, err error) {
+	binpages.ReleaseAfterEachGC(nil, time.Minute, func(_ binpages.Result, err error) {
 		if err != nil {
 			log.Warn("releasing the pages of the fief binary failed", "pid", os.Getpid(), "err", err)
 		}

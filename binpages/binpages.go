@@ -75,15 +75,26 @@ func (r Result) Bytes() int64 {
 	return total
 }
 
+// OpenSmaps opens the smaps file of the calling process.
+type OpenSmaps func() (io.ReadCloser, error)
+
 // Release drops the resident pages of the running binary's read-only,
 // private, file-backed mappings from this process's page tables. The
 // writable data and bss segments, the heap, stacks and the vDSO are never
 // touched.
 //
+// It reads the mappings from the file that open returns, or from
+// /proc/self/smaps when open is nil. A process whose root may lack /proc,
+// such as a vassal init after pivot_root, opens "self/smaps" through a
+// descriptor of its /proc instead.
+//
 // NOTE: a debugger that writes a breakpoint into the text between the read
-// of /proc/self/smaps and the madvise call loses that breakpoint.
-func Release() (Result, error) {
-	mappings, err := readSmaps("/proc/self/smaps")
+// of smaps and the madvise call loses that breakpoint.
+func Release(open OpenSmaps) (Result, error) {
+	if open == nil {
+		open = openSelfSmaps
+	}
+	mappings, err := readSmaps(open)
 	if err != nil {
 		return Result{}, err
 	}
@@ -109,23 +120,23 @@ func Release() (Result, error) {
 // runtime/proc.go of Go 1.26). A collection runs the collector's code and
 // reads the stack maps of every goroutine's frames in pclntab. In an idle
 // fief process that faults about 1 MB of the binary back in.
-func ReleaseAfterEachGC(minInterval time.Duration, report func(Result, error)) {
-	armAfterGC(time.Now(), minInterval, report)
+func ReleaseAfterEachGC(open OpenSmaps, minInterval time.Duration, report func(Result, error)) {
+	armAfterGC(open, time.Now(), minInterval, report)
 }
 
 // armAfterGC attaches the next call to the collection of a new object. A
 // cleanup runs after the collection that finds its object unreachable, and
 // each run arms the next, so exactly one object is armed at a time.
-func armAfterGC(last time.Time, minInterval time.Duration, report func(Result, error)) {
+func armAfterGC(open OpenSmaps, last time.Time, minInterval time.Duration, report func(Result, error)) {
 	// 32 pointer-free bytes: the tiny allocator, which may keep an object
 	// alive with its neighbours, serves only objects below 16 bytes.
 	sentinel := new([32]byte)
 	runtime.AddCleanup(sentinel, func(last time.Time) {
 		if time.Since(last) >= minInterval {
 			last = time.Now()
-			report(Release())
+			report(Release(open))
 		}
-		armAfterGC(last, minInterval, report)
+		armAfterGC(open, last, minInterval, report)
 	}, last)
 }
 
@@ -147,7 +158,7 @@ func selectBinary(mappings []Mapping, text uintptr) (Result, error) {
 		}
 	}
 	if binary == nil {
-		return Result{}, fmt.Errorf("finding the mapping of address %#x in /proc/self/smaps: no mapping contains it", text)
+		return Result{}, fmt.Errorf("finding the mapping of address %#x in smaps: no mapping contains it", text)
 	}
 	if binary.Inode == 0 {
 		return Result{}, fmt.Errorf("finding the binary's mapping: address %#x lies in %x-%x, which is not backed by a file", text, binary.Start, binary.End)
@@ -167,16 +178,20 @@ func selectBinary(mappings []Mapping, text uintptr) (Result, error) {
 	return result, nil
 }
 
-// readSmaps reads the mappings of an smaps file.
-func readSmaps(path string) ([]Mapping, error) {
-	file, err := os.Open(path)
+func openSelfSmaps() (io.ReadCloser, error) {
+	return os.Open("/proc/self/smaps")
+}
+
+// readSmaps reads the mappings of the smaps file that open returns.
+func readSmaps(open OpenSmaps) ([]Mapping, error) {
+	file, err := open()
 	if err != nil {
-		return nil, fmt.Errorf("reading mappings %q: %w", path, err)
+		return nil, fmt.Errorf("opening the smaps file: %w", err)
 	}
 	defer file.Close()
 	mappings, err := parseSmaps(file)
 	if err != nil {
-		return nil, fmt.Errorf("reading mappings %q: %w", path, err)
+		return nil, fmt.Errorf("reading the smaps file: %w", err)
 	}
 	return mappings, nil
 }

@@ -3,13 +3,17 @@ package binpages
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // readRssFile returns RssFile of this process in bytes.
@@ -37,7 +41,7 @@ func readRssFile(t *testing.T) int64 {
 // binaryMappings returns the mappings that Release would drop right now.
 func binaryMappings(t *testing.T) []Mapping {
 	t.Helper()
-	mappings, err := readSmaps("/proc/self/smaps")
+	mappings, err := readSmaps(openSelfSmaps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +103,7 @@ func TestReleaseLowersRssFile(t *testing.T) {
 	// pages back in.
 	runtime.GC()
 	rssBefore := readRssFile(t)
-	result, err := Release()
+	result, err := Release(nil)
 	if err != nil {
 		t.Fatalf("Release: %v", err)
 	}
@@ -295,7 +299,7 @@ func TestReleaseAfterEachGCFollowsCollections(t *testing.T) {
 		err    error
 	}
 	outcomes := make(chan outcome, 4)
-	ReleaseAfterEachGC(0, func(result Result, err error) {
+	ReleaseAfterEachGC(nil, 0, func(result Result, err error) {
 		// The hook stays armed after the test, so later calls drop
 		// their outcome instead of blocking the cleanup goroutine.
 		select {
@@ -317,5 +321,41 @@ func TestReleaseAfterEachGCFollowsCollections(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("no Release within 10 s of collection %d", collection)
 		}
+	}
+}
+
+func TestReleaseThroughProcDescriptor(t *testing.T) {
+	procDir, err := os.Open("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer procDir.Close()
+	opened := 0
+	open := func() (io.ReadCloser, error) {
+		opened++
+		fd, err := unix.Openat(int(procDir.Fd()), "self/smaps", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		return os.NewFile(uintptr(fd), "self/smaps"), nil
+	}
+
+	result, err := Release(open)
+	if err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if opened != 1 {
+		t.Errorf("Release opened smaps %d times through the descriptor, want 1", opened)
+	}
+	if len(result.Dropped) == 0 {
+		t.Error("Release dropped no mapping")
+	}
+}
+
+func TestReleaseOpenError(t *testing.T) {
+	failure := errors.New("no /proc in this root")
+	_, err := Release(func() (io.ReadCloser, error) { return nil, failure })
+	if !errors.Is(err, failure) {
+		t.Errorf("err = %v, want it to wrap %v", err, failure)
 	}
 }

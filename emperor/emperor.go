@@ -200,7 +200,7 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 
 		case <-settle.C:
 			debug.FreeOSMemory()
-			if _, err := binpages.Release(); err != nil {
+			if _, err := binpages.Release(nil); err != nil {
 				e.log.Warn("releasing the pages of the fief binary failed", "pid", os.Getpid(), "err", err)
 			}
 

@@ -478,10 +478,22 @@ func (v *vassalInit) tearDown(code int) int {
 // call also arms a release after each garbage collection, since the
 // collector's own code and tables fault about 1 MB back in every 2 minutes.
 func (v *vassalInit) releaseBinaryPages() {
-	v.logRelease(binpages.Release())
+	v.logRelease(binpages.Release(v.openSmaps))
 	v.releaseArmed.Do(func() {
-		binpages.ReleaseAfterEachGC(releaseInterval, v.logRelease)
+		binpages.ReleaseAfterEachGC(v.openSmaps, releaseInterval, v.logRelease)
 	})
+}
+
+// openSmaps opens the init's smaps file through its /proc directory
+// descriptor, which stays valid when a pivot_root leaves no /proc in the new
+// root.
+func (v *vassalInit) openSmaps() (io.ReadCloser, error) {
+	fd, err := unix.Openat(int(v.procDir.Fd()), "self/smaps", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		// binpages wraps it as the failed open of the smaps file.
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "/proc/self/smaps"), nil
 }
 
 // releaseInterval is the minimum time between two releases after garbage
