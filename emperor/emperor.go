@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"fief/binpages"
 	"fief/fusectl"
 	"fief/mount"
 	"fief/reaper"
@@ -227,6 +228,9 @@ func (e *Emperor) loop(ctx context.Context, events <-chan dirEvent, signals <-ch
 
 		case <-settle.C:
 			debug.FreeOSMemory()
+			if _, err := binpages.Release(nil); err != nil {
+				e.log.Warn("releasing the pages of the fief binary failed", "pid", os.Getpid(), "err", err)
+			}
 
 		case <-ctx.Done():
 			return nil

@@ -31,6 +31,8 @@ type mountCheck struct {
 	mounted mount.Info // the mount found on path at start
 	prober  *fusectl.Prober
 	trigger chan struct{}
+	// finder keeps the read buffer of the mount table between checks.
+	finder mount.Finder
 }
 
 // startChecks finds the mount on each mountpoint-check path, waiting up to
@@ -181,11 +183,10 @@ func (v *vassalInit) watchMount(mc *mountChecks, check *mountCheck) {
 // and responds to statfs. A hung FUSE daemon's connection is aborted so that no
 // process stays blocked on it.
 func (v *vassalInit) checkMount(check *mountCheck) error {
-	infos, err := v.readMounts()
+	current, ok, err := v.findMount(&check.finder, check.path)
 	if err != nil {
 		return err
 	}
-	current, ok := mount.Find(infos, check.path)
 	if !ok {
 		return errors.New("no longer a mount point: the filesystem was unmounted")
 	}
@@ -215,6 +216,18 @@ func (v *vassalInit) checkMount(check *mountCheck) error {
 	default:
 		return err
 	}
+}
+
+// findMount looks up path in the vassal's mount table. Unlike readMounts, it
+// parses only the line of path, which keeps the garbage of a check that runs
+// every second small.
+func (v *vassalInit) findMount(finder *mount.Finder, path string) (mount.Info, bool, error) {
+	file, err := v.openMountinfo()
+	if err != nil {
+		return mount.Info{}, false, err
+	}
+	defer file.Close()
+	return finder.Find(file, path)
 }
 
 // close stops every check goroutine and probing thread. A probe stuck in a
