@@ -399,9 +399,13 @@ func (r *sideRun) stopOne(ctx context.Context, v *vassal, run int, measured bool
 	return nil
 }
 
+// manySettle is how long after the many-vassal start the emperor's memory
+// is sampled a second time.
+const manySettle = 3 * time.Second
+
 // measureMany starts cfg.vassals vassals at once in the empty directory,
-// waits until all respond, samples the emperor's RSS, then removes all
-// files and waits until every process is gone.
+// waits until all respond, samples the emperor's RSS then and 3 s later,
+// then removes all files and waits until every process is gone.
 func (r *sideRun) measureMany(ctx context.Context, run int) error {
 	vassals := make([]*vassal, r.cfg.vassals)
 	for i := range vassals {
@@ -437,6 +441,14 @@ func (r *sideRun) measureMany(ctx context.Context, run int) error {
 	} else {
 		r.record(metricManyStart, run, time.Since(start).Seconds())
 		r.recordMemory(r.emp.pid, run, metricManyEmperorRSS, metricManyAnon, metricManyPSS)
+
+		// fief's emperor returns freed memory once it has seen no spawn,
+		// exit or file event for 2 s; the second sample, taken for both
+		// emperors, shows what it keeps while the vassals run.
+		if err := pause(ctx, manySettle); err != nil {
+			return err
+		}
+		r.recordMemory(r.emp.pid, run, metricSettledRSS, metricSettledAnon, metricSettledPSS)
 	}
 
 	// Vassals whose first process never appeared are still stopped and
