@@ -72,7 +72,7 @@ func TestUWSGIZipApp(t *testing.T) {
 
 	uwsgiCheckPlan(t, file, []string{
 		file + ": valid",
-		`user: uid="user001" gid="user001"`,
+		`user: uid="user001", gid="user001"`,
 		fmt.Sprintf("as-user: line %d: exec fuse-zip -r %s %s", uwsgiLineNumber(t, lines, "exec-as-user"), app.zip, app.mountPoint),
 		// plugin, http-socket and psgi.
 		"program: uwsgi --ini fd://3 with 3 uWSGI option(s)",
