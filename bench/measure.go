@@ -445,7 +445,7 @@ func (r *sideRun) measureMany(ctx context.Context, run int) error {
 		// fief's emperor returns freed memory once it has seen no spawn,
 		// exit or file event for 2 s; the second sample, taken for both
 		// emperors, shows what it keeps while the vassals run.
-		if err := pause(ctx, manySettle); err != nil {
+		if err := sleep(ctx, manySettle); err != nil {
 			return err
 		}
 		r.recordMemory(r.emp.pid, run, metricSettledRSS, metricSettledAnon, metricSettledPSS)
