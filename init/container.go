@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,7 +19,7 @@ import (
 // ForwardedSignals are passed on to the command. SIGCHLD is the reaper's,
 // and SIGURG is sent by the Go runtime to itself for preemption, so neither
 // is ever forwarded.
-var ForwardedSignals = []os.Signal{
+var ForwardedSignals = []unix.Signal{
 	unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
 	unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
 }
@@ -64,7 +63,20 @@ const (
 // zombie, forwards signals, and when the command exits it stops what the
 // command left behind and returns the command's exit code (128+N for death
 // by signal N).
+//
+// The main goroutine does all the waiting: it blocks in wait4 through a
+// driven reaper, so the command's exit reaches it without a signal or a
+// goroutine switch. Signals are forwarded by a handler (see forwarder)
+// that does not need this goroutine at all.
 func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
+	// First of all, so a signal that arrives while the command starts is
+	// kept and sent once it runs.
+	fwd, err := startForwarding(log, ForwardedSignals)
+	if err != nil {
+		log.Error("installing the signal handlers failed", "err", err)
+		return 1
+	}
+
 	pid1 := os.Getpid() == 1
 	if !pid1 {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -74,28 +86,31 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 		}
 	}
 
-	// Never stopped: the process exits right after the command, and
-	// signal.Stop would restore each handler on the exit path.
-	signals := make(chan os.Signal, 16)
-	signal.Notify(signals, ForwardedSignals...)
-
-	r := reaper.New(nil)
+	r := reaper.NewDriven(nil)
 
 	child, code := startCommand(log, r, argv)
 	if child == nil {
+		fwd.stop()
 		return remapExit(code, opts.Remap)
 	}
+	fwd.target(child.Pid, opts.Group)
 
 	var status reaper.Status
-wait:
 	for {
-		select {
-		case sig := <-signals:
-			forward(log, child, sig.(unix.Signal), opts.Group)
-		case status = <-child.Done:
-			break wait
+		st, err := r.Wait()
+		if err != nil {
+			// The command is a child until this loop reaps it, so wait4
+			// cannot run out of children; give up rather than spin.
+			log.Error("waiting for the command failed", "pid", child.Pid, "err", err)
+			fwd.stop()
+			return 1
+		}
+		if st.Pid == child.Pid {
+			status = st
+			break
 		}
 	}
+	fwd.stop()
 	log.Debug("command exited", "pid", child.Pid, "status", status.String())
 
 	stopLeftovers(log, r, pid1, opts.Grace)
@@ -155,21 +170,6 @@ func lookCommand(log *slog.Logger, name string) (string, int) {
 func isTerminal(fd int) bool {
 	_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	return err == nil
-}
-
-func forward(log *slog.Logger, child *reaper.Child, sig unix.Signal, group bool) {
-	var err error
-	if group {
-		err = unix.Kill(-child.Pid, sig)
-		if errors.Is(err, unix.ESRCH) {
-			err = nil
-		}
-	} else {
-		err = child.Signal(sig)
-	}
-	if err != nil {
-		log.Warn("forwarding a signal failed", "pid", child.Pid, "signal", unix.SignalName(sig), "err", err)
-	}
 }
 
 func remapExit(code int, remap map[int]int) int {
