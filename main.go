@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -38,6 +39,15 @@ const (
 )
 
 func main() {
+	// The container init's waiter runs fief again under this name when
+	// the command left processes behind; signals are ignored until it
+	// takes them, so it goes first.
+	if len(os.Args) > 0 && os.Args[0] == initd.LeftoversArg0 {
+		os.Exit(initd.LeftoversMain(os.Args[1:], func(format, level string) *slog.Logger {
+			return vassal.NewLogger(os.Stderr, format, level)
+		}))
+	}
+
 	// fief waits on children, signals and files and computes almost
 	// nothing, so one P is enough. Each further P keeps caches and idle
 	// threads: with one, a vassal init's RSS drops by about 0.3 MB.
@@ -324,6 +334,8 @@ func runContainer(args []string, stdout, stderr io.Writer) int {
 		Group:     *group,
 		Grace:     *grace,
 		Remap:     remap,
+		LogFormat: logs.format,
+		LogLevel:  logs.level,
 	})
 }
 

@@ -1,13 +1,16 @@
 package initd
 
 import (
+	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,6 +39,9 @@ type ContainerOptions struct {
 	Grace time.Duration
 	// Remap maps the command's exit code to fief's, e.g. 143 to 0.
 	Remap map[int]int
+	// LogFormat and LogLevel are the log settings, which fief gets again
+	// when the waiter runs it to stop processes left behind.
+	LogFormat, LogLevel string
 }
 
 // ParseRemap parses an exit code mapping such as "143:0".
@@ -95,6 +101,22 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 	}
 	fwd.target(child.Pid, opts.Group)
 
+	// From here on the waiter does the job at the cost of tini, unless
+	// the debug log wants the Go loop's messages. execWaiter returns only
+	// when it cannot run the waiter, and then the Go loop below waits.
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		err := execWaiter(waiterSetup{
+			pid:     child.Pid,
+			pidfd:   fwd.pidfd,
+			mode:    int(atomic.LoadInt32(&fwdMode)),
+			pid1:    pid1,
+			signals: ForwardedSignals,
+			remap:   opts.Remap,
+			rerun:   leftoverArgs(pid1, opts),
+		})
+		log.Info("waiting in fief itself", "err", err)
+	}
+
 	var status reaper.Status
 	for {
 		st, err := r.Wait()
@@ -115,6 +137,55 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 
 	stopLeftovers(log, r, pid1, opts.Grace)
 	return remapExit(status.ExitCode(), opts.Remap)
+}
+
+// LeftoversArg0 is the argv[0] under which the waiter runs fief again when
+// the command has left processes behind; main checks for it first.
+const LeftoversArg0 = "fief-container-leftovers"
+
+// leftoverArgs returns the argv with which the waiter runs fief again.
+func leftoverArgs(pid1 bool, opts ContainerOptions) []string {
+	args := []string{LeftoversArg0, statusPlaceholder,
+		"-pid1=" + strconv.FormatBool(pid1),
+		"-grace=" + opts.Grace.String(),
+		"-log-format=" + opts.LogFormat,
+		"-log-level=" + opts.LogLevel,
+	}
+	for from, to := range opts.Remap {
+		args = append(args, fmt.Sprintf("-remap-exit=%d:%d", from, to))
+	}
+	return args
+}
+
+// LeftoversMain is fief run again by the waiter after the command exited
+// and left processes behind: it stops them as RunContainer does and returns
+// the command's exit code. The waiter passes the command's wait status.
+func LeftoversMain(args []string, newLogger func(format, level string) *slog.Logger) int {
+	// Signals to fief are dropped from now on, as after the command's exit
+	// in RunContainer. Until here the waiter had them ignored.
+	if fwd, err := startForwarding(nil, ForwardedSignals); err == nil {
+		fwd.stop()
+	}
+
+	fs := flag.NewFlagSet(LeftoversArg0, flag.ContinueOnError)
+	status := fs.String("status", "", "the command's wait status, in hex")
+	pid1 := fs.Bool("pid1", false, "fief is pid 1")
+	grace := fs.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL")
+	logFormat := fs.String("log-format", "text", "log format")
+	logLevel := fs.String("log-level", "info", "log level")
+	remap := map[int]int{}
+	fs.Func("remap-exit", "exit code mapping", func(text string) error { return ParseRemap(text, remap) })
+	if err := fs.Parse(args); err != nil {
+		return 1
+	}
+	wait, err := strconv.ParseUint(*status, 16, 32)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: invalid status %q\n", LeftoversArg0, *status)
+		return 1
+	}
+	log := newLogger(*logFormat, *logLevel)
+	stopLeftovers(log, reaper.NewDriven(nil), *pid1, *grace)
+	return remapExit(reaper.Status{Wait: unix.WaitStatus(wait)}.ExitCode(), remap)
 }
 
 // startCommand starts argv in its own process group, in the foreground of
