@@ -68,6 +68,18 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// fief exec-as-user runs from this init function, before main: package
+// init functions run on the main goroutine locked to the main thread, so
+// the credentials can be changed on that thread and execve called from it
+// without runtime.LockOSThread, whose first call starts a thread of the
+// runtime. It also skips main's GOMAXPROCS change, a stop-the-world that a
+// process about to execve gains nothing from.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "exec-as-user" {
+		os.Exit(execAsUser(os.Args[2:], os.Stdout, os.Stderr, true))
+	}
+}
+
 // command is one fief subcommand.
 type command struct {
 	name    string
@@ -280,6 +292,12 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 func runExecAsUser(args []string, stdout, stderr io.Writer) int {
+	return execAsUser(args, stdout, stderr, false)
+}
+
+// execAsUser is fief exec-as-user; threadLocked is true when it runs on a
+// goroutine that stays on its thread (see init).
+func execAsUser(args []string, stdout, stderr io.Writer, threadLocked bool) int {
 	fs := newFlagSet("exec-as-user", stderr)
 	noNewPrivs := fs.Bool("no-new-privs", false, "set PR_SET_NO_NEW_PRIVS so CMD cannot gain privileges through setuid files or file capabilities (default off)")
 	if code := parseFlags(fs, args); code >= 0 {
@@ -291,7 +309,7 @@ func runExecAsUser(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	err := vassal.ExecAsUser(fs.Arg(0), fs.Args()[1:], vassal.ExecAsUserOptions{NoNewPrivs: *noNewPrivs})
+	err := vassal.ExecAsUser(fs.Arg(0), fs.Args()[1:], vassal.ExecAsUserOptions{NoNewPrivs: *noNewPrivs, ThreadLocked: threadLocked})
 	fmt.Fprintf(stderr, "fief exec-as-user: %v\n", err)
 	var execErr *vassal.ExecError
 	if errors.As(err, &execErr) {

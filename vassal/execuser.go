@@ -32,6 +32,11 @@ type ExecAsUserOptions struct {
 	// NoNewPrivs sets PR_SET_NO_NEW_PRIVS, so setuid binaries and file
 	// capabilities cannot raise the program's privileges again.
 	NoNewPrivs bool
+	// ThreadLocked tells that the calling goroutine already stays on its
+	// thread, as the main goroutine does while package init functions
+	// run. ExecAsUser then does not call runtime.LockOSThread, whose first
+	// call starts a thread of the runtime that execve would only end.
+	ThreadLocked bool
 }
 
 // ExecAsUser switches to the user and group named by spec (USER, USER:GROUP,
@@ -78,7 +83,9 @@ func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 	// this thread calls execve: the new program gets the calling thread's
 	// credentials, and execve ends every other thread. One thread's calls
 	// are also cheaper than changing every thread of the runtime.
-	runtime.LockOSThread()
+	if !opts.ThreadLocked {
+		runtime.LockOSThread()
+	}
 	if err := switchUser(creds); err != nil {
 		return &ExecError{Code: ExitUserError, Err: err}
 	}

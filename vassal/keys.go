@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // keyKind is the category of a key, which decides how the parser handles it.
@@ -156,10 +157,12 @@ var uwsgiKeys = []string{
 	"http-headers-timeout", "http-connect-timeout", "http-websockets", "http-raw-body",
 }
 
-// keyTable maps every accepted key, aliases included, in "-" spelling to
-// its entry. keyCandidates lists the same keys in the order in which
-// suggestKey prefers them when two are equally close, fief keys first.
-var keyTable, keyCandidates = buildKeyTable()
+// keyTables returns keyTable, which maps every accepted key, aliases
+// included, in "-" spelling to its entry, and keyCandidates, which lists
+// the same keys in the order in which suggestKey prefers them when two are
+// equally close, fief keys first. They are built on first use: commands
+// that read no vassal file, such as exec-as-user, do not pay for them.
+var keyTables = sync.OnceValues(buildKeyTable)
 
 func buildKeyTable() (table map[string]keyInfo, candidates []string) {
 	table = map[string]keyInfo{}
@@ -193,6 +196,7 @@ func normalizeKey(key string) string {
 
 // lookupKey returns the table entry of a key as written in a file.
 func lookupKey(key string) (keyInfo, bool) {
+	keyTable, _ := keyTables()
 	info, ok := keyTable[normalizeKey(key)]
 	return info, ok
 }
@@ -255,6 +259,7 @@ func unsupportedUWSGIKeyHint(key string) (string, bool) {
 func suggestKey(key string) (string, bool) {
 	key = normalizeKey(key)
 	best, bestDistance := "", -1
+	_, keyCandidates := keyTables()
 	for _, candidate := range keyCandidates {
 		distance := editDistance(key, candidate)
 		if bestDistance < 0 || distance < bestDistance {

@@ -3,12 +3,14 @@ package vassal
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ErrUnknownUser and ErrUnknownGroup are wrapped by the errors of
@@ -240,7 +242,7 @@ func readGroupFile(path string) ([]groupEntry, error) {
 // readDatabaseLines returns the lines of path that are neither blank nor
 // comments starting with "#".
 func readDatabaseLines(path string) ([]string, error) {
-	data, err := os.ReadFile(path)
+	data, err := readSmallFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +255,20 @@ func readDatabaseLines(path string) ([]string, error) {
 		lines = append(lines, line)
 	}
 	return lines, nil
+}
+
+// readSmallFile reads path like os.ReadFile, with a blocking descriptor
+// that os.NewFile keeps out of the runtime's poller: os.Open would start
+// the poller (epoll_create, eventfd, epoll_ctl) for a regular file, a cost
+// that exec-as-user pays on every start for nothing.
+func readSmallFile(path string) ([]byte, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // parseID parses a decimal uid or gid in the range 0 to maxID.
