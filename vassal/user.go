@@ -3,9 +3,8 @@ package vassal
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
+	"iter"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -43,7 +42,7 @@ type passwdEntry struct {
 type groupEntry struct {
 	name    string
 	gid     uint32
-	members []string
+	members string // comma-separated, as in the file
 }
 
 // ResolveCredentials looks up user and group in ROOT/etc/passwd and
@@ -99,8 +98,8 @@ func ResolveCredentials(root, user, group string) (*Credentials, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing supplementary groups of user %q: %w", creds.Name, err)
 	}
-	for _, entry := range groups {
-		if slices.Contains(entry.members, creds.Name) && !slices.Contains(creds.Groups, entry.gid) {
+	for entry := range groups {
+		if entry.hasMember(creds.Name) && !slices.Contains(creds.Groups, entry.gid) {
 			creds.Groups = append(creds.Groups, entry.gid)
 		}
 	}
@@ -134,7 +133,7 @@ func resolveUser(passwdPath, user string) (*Credentials, error) {
 	if err != nil {
 		switch {
 		case numeric && errors.Is(err, fs.ErrNotExist):
-			entries = nil
+			entries = func(func(passwdEntry) bool) {}
 		case errors.Is(err, fs.ErrNotExist):
 			return nil, fmt.Errorf("%w %q: %w; create the file with an entry for the user or use a numeric uid",
 				ErrUnknownUser, user, err)
@@ -143,7 +142,7 @@ func resolveUser(passwdPath, user string) (*Credentials, error) {
 		}
 	}
 
-	for _, entry := range entries {
+	for entry := range entries {
 		if (numeric && entry.uid == uid) || (!numeric && entry.name == user) {
 			return credentialsFromEntry(entry), nil
 		}
@@ -181,7 +180,7 @@ func resolveGroup(groupPath, group string) (uint32, error) {
 	if err != nil {
 		return 0, fmt.Errorf("looking up group %q: %w", group, err)
 	}
-	for _, entry := range entries {
+	for entry := range entries {
 		if entry.name == group {
 			return entry.gid, nil
 		}
@@ -190,85 +189,138 @@ func resolveGroup(groupPath, group string) (uint32, error) {
 		ErrUnknownGroup, group, groupPath)
 }
 
-// readPasswdFile parses the lines "name:password:uid:gid:gecos:home:shell".
-func readPasswdFile(path string) ([]passwdEntry, error) {
+// readPasswdFile returns the valid lines "name:password:uid:gid:gecos:home:shell"
+// of path, parsed one at a time: the entries share the file's text, so a
+// lookup allocates little beyond the file itself.
+func readPasswdFile(path string) (iter.Seq[passwdEntry], error) {
 	lines, err := readDatabaseLines(path)
 	if err != nil {
 		return nil, err
 	}
-	var entries []passwdEntry
-	for _, line := range lines {
-		fields := strings.Split(line, ":")
-		if len(fields) != 7 || fields[0] == "" {
-			continue
-		}
-		uid, uidErr := parseID(fields[2])
-		gid, gidErr := parseID(fields[3])
-		if uidErr != nil || gidErr != nil {
-			continue
-		}
-		entries = append(entries, passwdEntry{name: fields[0], uid: uid, gid: gid, home: fields[5]})
-	}
-	return entries, nil
-}
-
-// readGroupFile parses the lines "name:password:gid:member,member".
-func readGroupFile(path string) ([]groupEntry, error) {
-	lines, err := readDatabaseLines(path)
-	if err != nil {
-		return nil, err
-	}
-	var entries []groupEntry
-	for _, line := range lines {
-		fields := strings.Split(line, ":")
-		if len(fields) != 4 || fields[0] == "" {
-			continue
-		}
-		gid, err := parseID(fields[2])
-		if err != nil {
-			continue
-		}
-		var members []string
-		for member := range strings.SplitSeq(fields[3], ",") {
-			if member != "" {
-				members = append(members, member)
+	return func(yield func(passwdEntry) bool) {
+		for line := range lines {
+			var fields [7]string
+			if !splitDatabaseFields(line, fields[:]) || fields[0] == "" {
+				continue
+			}
+			uid, uidErr := parseID(fields[2])
+			gid, gidErr := parseID(fields[3])
+			if uidErr != nil || gidErr != nil {
+				continue
+			}
+			if !yield(passwdEntry{name: fields[0], uid: uid, gid: gid, home: fields[5]}) {
+				return
 			}
 		}
-		entries = append(entries, groupEntry{name: fields[0], gid: gid, members: members})
+	}, nil
+}
+
+// readGroupFile returns the valid lines "name:password:gid:member,member"
+// of path, parsed one at a time like readPasswdFile's. members is the list
+// as written; groupEntry.hasMember splits it.
+func readGroupFile(path string) (iter.Seq[groupEntry], error) {
+	lines, err := readDatabaseLines(path)
+	if err != nil {
+		return nil, err
 	}
-	return entries, nil
+	return func(yield func(groupEntry) bool) {
+		for line := range lines {
+			var fields [4]string
+			if !splitDatabaseFields(line, fields[:]) || fields[0] == "" {
+				continue
+			}
+			gid, err := parseID(fields[2])
+			if err != nil {
+				continue
+			}
+			if !yield(groupEntry{name: fields[0], gid: gid, members: fields[3]}) {
+				return
+			}
+		}
+	}, nil
+}
+
+// splitDatabaseFields splits line at ":" into fields, and reports whether it has
+// exactly len(fields) of them.
+func splitDatabaseFields(line string, fields []string) bool {
+	for i := range fields {
+		if i == len(fields)-1 {
+			fields[i] = line
+			return !strings.Contains(line, ":")
+		}
+		var ok bool
+		fields[i], line, ok = strings.Cut(line, ":")
+		if !ok {
+			return false
+		}
+	}
+	return false
+}
+
+// hasMember reports whether name is in the group's member list.
+func (g groupEntry) hasMember(name string) bool {
+	for member := range strings.SplitSeq(g.members, ",") {
+		if member != "" && member == name {
+			return true
+		}
+	}
+	return false
 }
 
 // readDatabaseLines returns the lines of path that are neither blank nor
 // comments starting with "#".
-func readDatabaseLines(path string) ([]string, error) {
+func readDatabaseLines(path string) (iter.Seq[string], error) {
 	data, err := readSmallFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var lines []string
-	for line := range strings.Lines(string(data)) {
-		line = strings.TrimRight(line, "\r\n")
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			continue
+	text := string(data)
+	return func(yield func(string) bool) {
+		for line := range strings.Lines(text) {
+			line = strings.TrimRight(line, "\r\n")
+			if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if !yield(line) {
+				return
+			}
 		}
-		lines = append(lines, line)
-	}
-	return lines, nil
+	}, nil
 }
 
-// readSmallFile reads path like os.ReadFile, with a blocking descriptor
-// that os.NewFile keeps out of the runtime's poller: os.Open would start
-// the poller (epoll_create, eventfd, epoll_ctl) for a regular file, a cost
-// that exec-as-user pays on every start for nothing.
+// readSmallFile reads path like os.ReadFile, with plain system calls into
+// one buffer of the file's size. An os.File would start the runtime's
+// poller (epoll_create, eventfd, epoll_ctl) for a regular file and read in
+// growing steps, costs that exec-as-user pays on every start for nothing.
 func readSmallFile(path string) ([]byte, error) {
 	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
-	return io.ReadAll(f)
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	// One byte more than the size, so a file that has not grown is read
+	// to its end in one call.
+	data := make([]byte, 0, max(st.Size, 511)+1)
+	for {
+		n, err := syscall.Read(fd, data[len(data):cap(data)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return data, nil
+		}
+		data = data[:len(data)+n]
+		if len(data) == cap(data) {
+			data = slices.Grow(data, len(data))
+		}
+	}
 }
 
 // parseID parses a decimal uid or gid in the range 0 to maxID.
