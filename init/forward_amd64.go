@@ -35,7 +35,7 @@ const (
 
 // savedActions holds the handlers that installHandlers replaced (the Go
 // runtime's), so tests can put them back.
-var savedActions = map[unix.Signal]kernelSigaction{}
+var savedActions map[unix.Signal]kernelSigaction
 
 // installHandlers makes forwardHandler the handler of signals. The Go
 // runtime is not told: it keeps believing that its own handler is there,
@@ -43,6 +43,9 @@ var savedActions = map[unix.Signal]kernelSigaction{}
 // for these signals. Interrupted system calls restart, as with the
 // runtime's handlers, and the handler runs on the thread's signal stack.
 func installHandlers(signals []unix.Signal) error {
+	if savedActions == nil {
+		savedActions = make(map[unix.Signal]kernelSigaction, len(signals))
+	}
 	handler, restorer := forwardAddrs()
 	act := kernelSigaction{handler: handler, flags: saRestorer | saOnStack | saRestart, restorer: restorer}
 	for _, sig := range signals {

@@ -62,11 +62,13 @@ var conditionKeys = []string{
 
 // keyAliases maps other spellings of fief keys to the canonical key. The
 // aliases are the uWSGI names of the same option.
-var keyAliases = map[string]string{
-	"check-mountpoint": "mountpoint-check",
-	"check-mount":      "mountpoint-check",
-	"mount-check":      "mountpoint-check",
-}
+var keyAliases = sync.OnceValue(func() map[string]string {
+	return map[string]string{
+		"check-mountpoint": "mountpoint-check",
+		"check-mount":      "mountpoint-check",
+		"mount-check":      "mountpoint-check",
+	}
+})
 
 // uwsgiKeys are uWSGI application options that fief accepts without
 // handling them. They come from the option tables in the uWSGI source
@@ -180,8 +182,8 @@ func buildKeyTable() (table map[string]keyInfo, candidates []string) {
 		add(key, keyInfo{canonical: key, kind: kindCondition})
 	}
 	add("endif", keyInfo{canonical: "endif", kind: kindEndif})
-	for _, alias := range slices.Sorted(maps.Keys(keyAliases)) {
-		add(alias, keyInfo{canonical: keyAliases[alias], kind: kindFief})
+	for _, alias := range slices.Sorted(maps.Keys(keyAliases())) {
+		add(alias, keyInfo{canonical: keyAliases()[alias], kind: kindFief})
 	}
 	for _, key := range uwsgiKeys {
 		add(key, keyInfo{canonical: key, kind: kindUWSGI})
