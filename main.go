@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"fief/asuser"
+	_ "fief/asuser/fastpath" // starts exec-as-user before the other packages' init
 	"fief/emperor"
 	initd "fief/init"
 	"fief/vassal"
@@ -68,12 +70,14 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// fief exec-as-user runs from this init function, before main: package
-// init functions run on the main goroutine locked to the main thread, so
-// the credentials can be changed on that thread and execve called from it
+// fief exec-as-user runs from an init function, before main: package init
+// functions run on the main goroutine locked to the main thread, so the
+// credentials can be changed on that thread and execve called from it
 // without runtime.LockOSThread, whose first call starts a thread of the
 // runtime. It also skips main's GOMAXPROCS change, a stop-the-world that a
-// process about to execve gains nothing from.
+// process about to execve gains nothing from. The usual command line has
+// already been run by package fief/asuser/fastpath, earlier still; this one
+// parses the flags of the others.
 func init() {
 	if len(os.Args) > 1 && os.Args[1] == "exec-as-user" {
 		os.Exit(execAsUser(os.Args[2:], os.Stdout, os.Stderr, true))
@@ -309,9 +313,9 @@ func execAsUser(args []string, stdout, stderr io.Writer, threadLocked bool) int 
 		return exitUsage
 	}
 
-	err := vassal.ExecAsUser(fs.Arg(0), fs.Args()[1:], vassal.ExecAsUserOptions{NoNewPrivs: *noNewPrivs, ThreadLocked: threadLocked})
+	err := asuser.Exec(fs.Arg(0), fs.Args()[1:], asuser.Options{NoNewPrivs: *noNewPrivs, ThreadLocked: threadLocked})
 	fmt.Fprintf(stderr, "fief exec-as-user: %v\n", err)
-	var execErr *vassal.ExecError
+	var execErr *asuser.ExecError
 	if errors.As(err, &execErr) {
 		return execErr.Code
 	}

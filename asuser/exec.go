@@ -1,14 +1,12 @@
-package vassal
+package asuser
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"runtime"
-	"strings"
+	"strconv"
 	"syscall"
-
-	"golang.org/x/sys/unix"
+	"unsafe"
 )
 
 // Exit codes of exec-as-user when it cannot replace itself with the program.
@@ -18,7 +16,7 @@ const (
 	ExitNotFound      = 127
 )
 
-// ExecError is a failure of [ExecAsUser] with the exit code to report.
+// ExecError is a failure of [Exec] with the exit code to report.
 type ExecError struct {
 	Code int
 	Err  error
@@ -27,8 +25,8 @@ type ExecError struct {
 func (e *ExecError) Error() string { return e.Err.Error() }
 func (e *ExecError) Unwrap() error { return e.Err }
 
-// ExecAsUserOptions configure [ExecAsUser].
-type ExecAsUserOptions struct {
+// Options configure [Exec].
+type Options struct {
 	// NoNewPrivs sets PR_SET_NO_NEW_PRIVS, so setuid binaries and file
 	// capabilities cannot raise the program's privileges again.
 	NoNewPrivs bool
@@ -39,7 +37,7 @@ type ExecAsUserOptions struct {
 	ThreadLocked bool
 }
 
-// ExecAsUser switches to the user and group named by spec (USER, USER:GROUP,
+// Exec switches to the user and group named by spec (USER, USER:GROUP,
 // by name or number) and replaces the process with argv, so no process of
 // fief stays behind. It returns only on failure, with an *ExecError.
 //
@@ -47,11 +45,11 @@ type ExecAsUserOptions struct {
 // kept for compatibility with gosu. A numeric uid that has no passwd entry
 // and no explicit group keeps the caller's gid. The supplementary groups
 // leave out the primary gid.
-func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
-	user, group, _ := strings.Cut(spec, ":")
+func Exec(spec string, argv []string, opts Options) error {
+	user, group, _ := cut(spec, ':')
 	creds, err := ResolveCredentials("/", user, group)
 	if err != nil {
-		return &ExecError{Code: ExitUserError, Err: fmt.Errorf("switching to %q: %w", spec, err)}
+		return &ExecError{Code: ExitUserError, Err: wrap("switching to "+strconv.Quote(spec), err)}
 	}
 	// gosu's supplementary groups: the memberships in the group file,
 	// without the primary gid, and none at all for USER:GROUP.
@@ -66,17 +64,17 @@ func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 		creds.Groups = creds.Groups[1:]
 	}
 
-	env := dedupEnv(append(os.Environ(), creds.Env()...))
-	path, err := lookPath(argv[0], env)
+	env := DedupEnv(append(syscall.Environ(), creds.Env()...))
+	path, err := LookPath(argv[0], env)
 	if err != nil {
 		return &ExecError{Code: ExitNotFound, Err: err}
 	}
-	if err := unix.Access(path, unix.X_OK); err != nil {
+	if err := syscall.Access(path, xOK); err != nil {
 		code := ExitNotExecutable
-		if errors.Is(err, unix.ENOENT) {
+		if errors.Is(err, syscall.ENOENT) {
 			code = ExitNotFound
 		}
-		return &ExecError{Code: code, Err: fmt.Errorf("program %q: %w", path, err)}
+		return &ExecError{Code: code, Err: wrap("program "+strconv.Quote(path), err)}
 	}
 
 	// The credentials and no_new_privs are set on this thread only, and
@@ -90,8 +88,8 @@ func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 		return &ExecError{Code: ExitUserError, Err: err}
 	}
 	if opts.NoNewPrivs {
-		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-			return &ExecError{Code: ExitUserError, Err: fmt.Errorf("setting no_new_privs: %w", err)}
+		if _, _, errno := syscall.RawSyscall6(syscall.SYS_PRCTL, prSetNoNewPrivs, 1, 0, 0, 0, 0); errno != 0 {
+			return &ExecError{Code: ExitUserError, Err: wrap("setting no_new_privs", errno)}
 		}
 	}
 
@@ -100,7 +98,7 @@ func ExecAsUser(spec string, argv []string, opts ExecAsUserOptions) error {
 	if errors.Is(err, syscall.ENOENT) {
 		code = ExitNotFound
 	}
-	return &ExecError{Code: code, Err: fmt.Errorf("executing %q: %w", path, err)}
+	return &ExecError{Code: code, Err: wrap("executing "+strconv.Quote(path), err)}
 }
 
 // switchUser sets the supplementary groups, the gid and the uid, in that
@@ -112,25 +110,41 @@ func switchUser(creds *Credentials) error {
 		if uint32(os.Getuid()) == creds.UID && uint32(os.Getgid()) == creds.GID {
 			return nil
 		}
-		return fmt.Errorf("switching to uid %d gid %d needs root, but fief runs as uid %d; run it as root or drop the user argument",
-			creds.UID, creds.GID, os.Getuid())
+		return errors.New("switching to uid " + strconv.FormatUint(uint64(creds.UID), 10) + " gid " + strconv.FormatUint(uint64(creds.GID), 10) +
+			" needs root, but fief runs as uid " + strconv.Itoa(os.Getuid()) + "; run it as root or drop the user argument")
 	}
 
-	// unix.Setgroups is a raw per-thread call; setresgid and setresuid
-	// go through RawSyscall for the same reason.
-	groups := make([]int, len(creds.Groups))
-	for i, g := range creds.Groups {
-		groups[i] = int(g)
+	// Each call is a raw system call on this thread.
+	var groups unsafe.Pointer
+	if len(creds.Groups) > 0 {
+		groups = unsafe.Pointer(&creds.Groups[0])
 	}
-	if err := unix.Setgroups(groups); err != nil {
-		return fmt.Errorf("setting supplementary groups %v: %w", creds.Groups, err)
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_SETGROUPS, uintptr(len(creds.Groups)), uintptr(groups), 0); errno != 0 {
+		return wrap("setting supplementary groups "+formatIDs(creds.Groups), errno)
 	}
 	gid, uid := uintptr(creds.GID), uintptr(creds.UID)
-	if _, _, errno := unix.RawSyscall(unix.SYS_SETRESGID, gid, gid, gid); errno != 0 {
-		return fmt.Errorf("setting gid %d: %w", creds.GID, errno)
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_SETRESGID, gid, gid, gid); errno != 0 {
+		return wrap("setting gid "+strconv.FormatUint(uint64(creds.GID), 10), errno)
 	}
-	if _, _, errno := unix.RawSyscall(unix.SYS_SETRESUID, uid, uid, uid); errno != 0 {
-		return fmt.Errorf("setting uid %d: %w", creds.UID, errno)
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_SETRESUID, uid, uid, uid); errno != 0 {
+		return wrap("setting uid "+strconv.FormatUint(uint64(creds.UID), 10), errno)
 	}
 	return nil
+}
+
+const (
+	xOK             = 1  // access(2) mode: execute permission
+	prSetNoNewPrivs = 38 // prctl(2) option PR_SET_NO_NEW_PRIVS
+)
+
+// formatIDs formats ids as fmt's %v does: [1 2 3].
+func formatIDs(ids []uint32) string {
+	out := "["
+	for i, id := range ids {
+		if i > 0 {
+			out += " "
+		}
+		out += strconv.FormatUint(uint64(id), 10)
+	}
+	return out + "]"
 }
