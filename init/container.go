@@ -105,7 +105,7 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 	// the debug log wants the Go loop's messages. execWaiter returns only
 	// when it cannot run the waiter, and then the Go loop below waits.
 	if !log.Enabled(context.Background(), slog.LevelDebug) {
-		err := execWaiter(waiterSetup{
+		if err := execWaiter(waiterSetup{
 			pid:     child.Pid,
 			pidfd:   fwd.pidfd,
 			mode:    int(atomic.LoadInt32(&fwdMode)),
@@ -113,8 +113,9 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 			signals: ForwardedSignals,
 			remap:   opts.Remap,
 			rerun:   leftoverArgs(pid1, opts),
-		})
-		log.Info("waiting in fief itself", "err", err)
+		}); !errors.Is(err, errNoWaiter) {
+			log.Info("the waiter could not run; fief waits itself", "err", err)
+		}
 	}
 
 	var status reaper.Status

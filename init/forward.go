@@ -52,6 +52,10 @@ const (
 	fwdByPid   = 2
 )
 
+// errNoWaiter is the error of execWaiter on architectures without the
+// waiter (waiter_amd64.s).
+var errNoWaiter = errors.New("no waiter on this architecture")
+
 // startForwarding installs the forwarding of signals, which must all be
 // below 32. It must be called once per process, before the command starts.
 func startForwarding(log *slog.Logger, signals []unix.Signal) (*forwarder, error) {

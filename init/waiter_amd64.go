@@ -210,15 +210,49 @@ func execWaiter(setup waiterSetup) (err error) {
 	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &set, &old); err != nil {
 		return fmt.Errorf("blocking signals: %w", err)
 	}
+	restore := ignoreQuietSignals()
 	_, _, errno := unix.RawSyscall6(unix.SYS_EXECVEAT, uintptr(memfd), uintptr(unsafe.Pointer(&empty[0])),
 		uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&envv[0])), unix.AT_EMPTY_PATH, 0)
 	runtime.KeepAlive(argv)
 	runtime.KeepAlive(envv)
+	restore()
 	_ = unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
 	if setup.pidfd >= 0 {
 		_, _ = unix.FcntlInt(uintptr(setup.pidfd), unix.F_SETFD, unix.FD_CLOEXEC)
 	}
 	return fmt.Errorf("executing the waiter: %w", errno)
+}
+
+// quietSignals are the signals that the Go runtime ignores unless a
+// program asks for them: fief, which does not, is not ended by them. execve
+// resets handled signals to their default action, which ends the process for
+// these, so they are set to SIG_IGN for the waiter, which execve keeps. The
+// forwarded signals, SIGCHLD, the signals of faults and of job control, and
+// 32 and 33 (which Go leaves at their default) keep their treatment.
+var quietSignals = func() []unix.Signal {
+	sigs := []unix.Signal{unix.SIGPIPE, unix.SIGALRM, unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM,
+		unix.SIGPROF, unix.SIGIO, unix.SIGPWR}
+	for sig := unix.Signal(34); sig <= 64; sig++ {
+		sigs = append(sigs, sig)
+	}
+	return sigs
+}
+
+// ignoreQuietSignals sets quietSignals to SIG_IGN and returns the function
+// that puts their handlers back.
+func ignoreQuietSignals() (restore func()) {
+	ignore := kernelSigaction{handler: 1} // SIG_IGN
+	sigs := quietSignals()
+	saved := make([]kernelSigaction, len(sigs))
+	for i, sig := range sigs {
+		unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&ignore)),
+			uintptr(unsafe.Pointer(&saved[i])), unsafe.Sizeof(ignore.mask), 0, 0)
+	}
+	return func() {
+		for i, sig := range sigs {
+			unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&saved[i])), 0, unsafe.Sizeof(ignore.mask), 0, 0)
+		}
+	}
 }
 
 // cStrings returns strs as a NULL-terminated array of C strings.

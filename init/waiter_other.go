@@ -3,8 +3,6 @@
 package initd
 
 import (
-	"errors"
-
 	"golang.org/x/sys/unix"
 )
 
@@ -22,5 +20,5 @@ const statusPlaceholder = "-status=XXXXXXXX"
 // execWaiter fails: only amd64 has the waiter, elsewhere the Go loop of
 // RunContainer waits.
 func execWaiter(waiterSetup) error {
-	return errors.New("no waiter on this architecture")
+	return errNoWaiter
 }

@@ -63,8 +63,8 @@ func TestContainerInitCommandSignalMask(t *testing.T) {
 	}
 }
 
-// Once CMD runs, fief as pid 1 is the waiter: one thread and a few pages,
-// with fief's name and command line.
+// Once CMD runs, fief is the waiter: one thread and a few pages, with
+// fief's name and command line, as pid 1 and as a subreaper.
 func TestContainerInitWaiter(t *testing.T) {
 	t.Parallel()
 	if runtime.GOARCH != "amd64" {
@@ -72,43 +72,72 @@ func TestContainerInitWaiter(t *testing.T) {
 	}
 	fief := containerFief(t)
 	unshare := containerRequireProgram(t, "unshare", "util-linux")
-	dir := containerTempDir(t)
 
-	p := containerStart(t, filepath.Join(dir, "unshare.log"),
-		exec.Command(unshare, "--pid", "--fork", "--mount-proc", fief, "--", "sleep", "infinity"))
-	fiefPid := 0
-	ready := containerPoll(10*time.Second, func() bool {
-		for _, child := range containerChildren(p.pid()) {
-			if len(child.argv) > 0 && child.argv[0] == fief && len(containerProgramPids(child.pid, "sleep")) == 1 {
-				fiefPid = child.pid
-				return containerStatusField(fiefPid, "Threads") == "1"
-			}
+	for _, pid1 := range []bool{true, false} {
+		name := "subreaper"
+		argv := []string{fief, "-s", "--", "sleep", "infinity"}
+		if pid1 {
+			name = "pid 1"
+			argv = []string{fief, "--", "sleep", "infinity"}
 		}
-		return false
-	})
-	if !ready {
-		t.Fatalf("expected fief with sleep as its child and one thread within 10s\n%s", p.describe())
-	}
-	if name := containerStatusField(fiefPid, "Name"); name != "fief" {
-		t.Errorf("expected the waiter to keep the name fief, got %q", name)
-	}
-	rss, _ := strconv.Atoi(strings.TrimSuffix(containerStatusField(fiefPid, "VmRSS"), " kB"))
-	if rss <= 0 || rss > 200 {
-		t.Errorf("expected the waiter's VmRSS to be at most 200 kB, got %q", containerStatusField(fiefPid, "VmRSS"))
-	}
-	if proc, ok := containerReadProc(fiefPid); !ok || !slices.Equal(proc.argv, []string{fief, "--", "sleep", "infinity"}) {
-		t.Errorf("expected the waiter to keep fief's command line, got %v", proc.argv)
-	}
+		t.Run(name, func(t *testing.T) {
+			dir := containerTempDir(t)
+			cmd := exec.Command(argv[0], argv[1:]...)
+			if pid1 {
+				cmd = exec.Command(unshare, append([]string{"--pid", "--fork", "--mount-proc"}, argv...)...)
+			}
+			p := containerStart(t, filepath.Join(dir, "fief.log"), cmd)
+			fiefPid := 0
+			ready := containerPoll(10*time.Second, func() bool {
+				candidates := []containerProc{{pid: p.pid(), argv: argv}}
+				if pid1 {
+					candidates = containerChildren(p.pid())
+				}
+				for _, proc := range candidates {
+					if len(proc.argv) > 0 && proc.argv[0] == fief && len(containerProgramPids(proc.pid, "sleep")) == 1 {
+						fiefPid = proc.pid
+						return containerStatusField(fiefPid, "Threads") == "1"
+					}
+				}
+				return false
+			})
+			if !ready {
+				t.Fatalf("expected fief with sleep as its child and one thread within 10s\n%s", p.describe())
+			}
+			if name := containerStatusField(fiefPid, "Name"); name != "fief" {
+				t.Errorf("expected the waiter to keep the name fief, got %q", name)
+			}
+			rss, _ := strconv.Atoi(strings.TrimSuffix(containerStatusField(fiefPid, "VmRSS"), " kB"))
+			if rss <= 0 || rss > 200 {
+				t.Errorf("expected the waiter's VmRSS to be at most 200 kB, got %q", containerStatusField(fiefPid, "VmRSS"))
+			}
+			if proc, ok := containerReadProc(fiefPid); !ok || !slices.Equal(proc.argv, argv) {
+				t.Errorf("expected the waiter to keep fief's command line %q, got %q", argv, proc.argv)
+			}
 
-	if err := syscall.Kill(fiefPid, syscall.SIGTERM); err != nil {
-		t.Fatalf("sending SIGTERM to fief (pid %d): %v", fiefPid, err)
-	}
-	code, exited := p.wait(10 * time.Second)
-	if !exited {
-		t.Fatalf("expected the waiter to forward SIGTERM and exit within 10s\n%s", p.describe())
-	}
-	if code != 143 {
-		t.Errorf("expected exit code 143 (sleep killed by the forwarded SIGTERM), got %d\n%s", code, p.describe())
+			// Signals that the Go runtime ignores, and so fief did before
+			// the waiter, are neither forwarded nor fatal.
+			for _, sig := range []syscall.Signal{syscall.SIGALRM, syscall.SIGIO, syscall.SIGPIPE, syscall.SIGVTALRM, syscall.Signal(40)} {
+				if err := syscall.Kill(fiefPid, sig); err != nil {
+					t.Fatalf("sending %v to fief (pid %d): %v", sig, fiefPid, err)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			if !p.running() || len(containerProgramPids(fiefPid, "sleep")) != 1 {
+				t.Fatalf("expected fief and sleep to outlive SIGALRM, SIGIO, SIGPIPE, SIGVTALRM and signal 40 sent to fief\n%s", p.describe())
+			}
+
+			if err := syscall.Kill(fiefPid, syscall.SIGTERM); err != nil {
+				t.Fatalf("sending SIGTERM to fief (pid %d): %v", fiefPid, err)
+			}
+			code, exited := p.wait(10 * time.Second)
+			if !exited {
+				t.Fatalf("expected the waiter to forward SIGTERM and exit within 10s\n%s", p.describe())
+			}
+			if code != 143 {
+				t.Errorf("expected exit code 143 (sleep killed by the forwarded SIGTERM), got %d\n%s", code, p.describe())
+			}
+		})
 	}
 }
 
