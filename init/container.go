@@ -70,10 +70,12 @@ const (
 // command left behind and returns the command's exit code (128+N for death
 // by signal N).
 //
-// The main goroutine does all the waiting: it blocks in wait4 through a
-// driven reaper, so the command's exit reaches it without a signal or a
-// goroutine switch. Signals are forwarded by a handler (see forwarder)
-// that does not need this goroutine at all.
+// Once the command runs, fief executes the waiter in its place (see
+// execWaiter), which returns only when the waiter cannot run. fief then
+// waits itself: the main goroutine blocks in wait4 through a driven reaper,
+// so the command's exit reaches it without a signal or a goroutine switch,
+// and signals are forwarded by a handler (see forwarder) that does not need
+// this goroutine at all.
 func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 	// First of all, so a signal that arrives while the command starts is
 	// kept and sent once it runs.

@@ -116,10 +116,16 @@ var created atomic.Bool
 // [Reaper.Start]; it must not block. New panics when called twice in one
 // process.
 func New(onOrphan func(Status)) *Reaper {
-	r := newReaper(onOrphan)
-	// SIGCHLD does not queue, so one buffered slot is enough: every wake
-	// drains all pending children.
-	r.wake = make(chan os.Signal, 1)
+	if !created.CompareAndSwap(false, true) {
+		panic("reaper.New called twice: a process must have exactly one reaper")
+	}
+	r := &Reaper{
+		waiters: make(map[int]*waiter),
+		orphan:  onOrphan,
+		// SIGCHLD does not queue, so one buffered slot is enough: every wake
+		// drains all pending children.
+		wake: make(chan os.Signal, 1),
+	}
 	signal.Notify(r.wake, unix.SIGCHLD)
 	go r.loop()
 	return r
@@ -134,12 +140,8 @@ func New(onOrphan func(Status)) *Reaper {
 // Statuses are handed out as by the reaper of [New]. NewDriven panics when
 // the process already has a reaper.
 func NewDriven(onOrphan func(Status)) *Reaper {
-	return newReaper(onOrphan)
-}
-
-func newReaper(onOrphan func(Status)) *Reaper {
 	if !created.CompareAndSwap(false, true) {
-		panic("reaper.New called twice: a process must have exactly one reaper")
+		panic("reaper.NewDriven called with a reaper in the process: a process must have exactly one reaper")
 	}
 	return &Reaper{waiters: make(map[int]*waiter), orphan: onOrphan}
 }
