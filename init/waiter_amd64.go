@@ -20,12 +20,13 @@ func waiterCode()
 func waiterCodeAddr() unsafe.Pointer
 
 // The waiter's memory: its code in one read-only executable page, its state
-// in the next, read-write. The offsets match the S_ constants of
+// in the next, read-write, at the usual load address of a static program,
+// well above any vm.mmap_min_addr. The offsets match the S_ constants of
 // waiter_amd64.s.
 const (
-	waiterBase     = 0x10000
+	waiterBase     = 0x400000
 	waiterCodeOff  = 0x100
-	waiterState    = 0x11000
+	waiterState    = 0x401000
 	waiterPageSize = 0x1000
 
 	sPid    = 0

@@ -20,7 +20,7 @@
 //     them with the grace period.
 //
 // The offsets below must match waiter_amd64.go.
-#define WAITER_STATE	0x11000
+#define WAITER_STATE	0x401000
 #define S_PID		0	// int32: the command's pid
 #define S_PIDFD	4	// int32: its pidfd, or -1
 #define S_MODE		8	// int32: fwdByPidfd, fwdToGroup or fwdByPid
