@@ -18,12 +18,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
 
+	"fief/asuser"
+	_ "fief/asuser/fastpath" // starts exec-as-user before the other packages' init
 	"fief/binpages"
 	"fief/emperor"
 	initd "fief/init"
@@ -41,6 +44,15 @@ const (
 )
 
 func main() {
+	// The container init's waiter runs fief again under this name when
+	// the command left processes behind; signals are ignored until it
+	// takes them, so it goes first.
+	if len(os.Args) > 0 && os.Args[0] == initd.LeftoversArg0 {
+		os.Exit(initd.LeftoversMain(os.Args[1:], func(format, level string) *slog.Logger {
+			return vassal.NewLogger(os.Stderr, format, level)
+		}))
+	}
+
 	// fief never writes a heap profile. Without this, the runtime records a
 	// stack trace once per 512 KiB allocated on average, in a hash table of
 	// 1.4 MB of address space whose touched pages stay resident.
@@ -82,6 +94,20 @@ func main() {
 		os.Exit(runInit(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// fief exec-as-user runs from an init function, before main: package init
+// functions run on the main goroutine locked to the main thread, so the
+// credentials can be changed on that thread and execve called from it
+// without runtime.LockOSThread, whose first call starts a thread of the
+// runtime. It also skips main's GOMAXPROCS change, a stop-the-world that a
+// process about to execve gains nothing from. The usual command line has
+// already been run by package fief/asuser/fastpath, earlier still; this one
+// parses the flags of the others.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "exec-as-user" {
+		os.Exit(execAsUser(os.Args[2:], os.Stdout, os.Stderr, true))
+	}
 }
 
 // command is one fief subcommand.
@@ -303,6 +329,12 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 func runExecAsUser(args []string, stdout, stderr io.Writer) int {
+	return execAsUser(args, stdout, stderr, false)
+}
+
+// execAsUser is fief exec-as-user; threadLocked is true when it runs on a
+// goroutine that stays on its thread (see init).
+func execAsUser(args []string, stdout, stderr io.Writer, threadLocked bool) int {
 	fs := newFlagSet("exec-as-user", stderr)
 	noNewPrivs := fs.Bool("no-new-privs", false, "set PR_SET_NO_NEW_PRIVS so CMD cannot gain privileges through setuid files or file capabilities (default off)")
 	if code := parseFlags(fs, args); code >= 0 {
@@ -314,9 +346,9 @@ func runExecAsUser(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 
-	err := vassal.ExecAsUser(fs.Arg(0), fs.Args()[1:], vassal.ExecAsUserOptions{NoNewPrivs: *noNewPrivs})
+	err := asuser.Exec(fs.Arg(0), fs.Args()[1:], asuser.Options{NoNewPrivs: *noNewPrivs, ThreadLocked: threadLocked})
 	fmt.Fprintf(stderr, "fief exec-as-user: %v\n", err)
-	var execErr *vassal.ExecError
+	var execErr *asuser.ExecError
 	if errors.As(err, &execErr) {
 		return execErr.Code
 	}
@@ -357,6 +389,8 @@ func runContainer(args []string, stdout, stderr io.Writer) int {
 		Group:     *group,
 		Grace:     *grace,
 		Remap:     remap,
+		LogFormat: logs.format,
+		LogLevel:  logs.level,
 	})
 }
 

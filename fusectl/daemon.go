@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"fief/mount"
@@ -12,25 +13,27 @@ import (
 
 // knownDaemons are FUSE filesystems whose program name does not contain
 // "fuse".
-var knownDaemons = map[string]bool{
-	"sshfs":        true,
-	"bindfs":       true,
-	"mergerfs":     true,
-	"s3fs":         true,
-	"gocryptfs":    true,
-	"encfs":        true,
-	"archivemount": true,
-	"ntfs-3g":      true,
-	"goofys":       true,
-	"curlftpfs":    true,
-	"httpfs2":      true,
-	"jmtpfs":       true,
-	"rclone":       true,
-	"ratarmount":   true,
-	"cryfs":        true,
-	"securefs":     true,
-	"lxcfs":        true,
-}
+var knownDaemons = sync.OnceValue(func() map[string]bool {
+	return map[string]bool{
+		"sshfs":        true,
+		"bindfs":       true,
+		"mergerfs":     true,
+		"s3fs":         true,
+		"gocryptfs":    true,
+		"encfs":        true,
+		"archivemount": true,
+		"ntfs-3g":      true,
+		"goofys":       true,
+		"curlftpfs":    true,
+		"httpfs2":      true,
+		"jmtpfs":       true,
+		"rclone":       true,
+		"ratarmount":   true,
+		"cryfs":        true,
+		"securefs":     true,
+		"lxcfs":        true,
+	}
+})
 
 // DaemonMountPoint recognises a command that starts a FUSE filesystem and
 // returns the mount point it names: the last argument that is neither an
@@ -46,7 +49,7 @@ func DaemonMountPoint(argv []string) (string, bool) {
 		return "", false
 	}
 	name := filepath.Base(argv[0])
-	if !strings.Contains(name, "fuse") && !knownDaemons[name] {
+	if !strings.Contains(name, "fuse") && !knownDaemons()[name] {
 		return "", false
 	}
 	// fusermount mounts nothing by itself: it unmounts, or serves a

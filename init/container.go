@@ -1,14 +1,16 @@
 package initd
 
 import (
+	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,7 +22,7 @@ import (
 // ForwardedSignals are passed on to the command. SIGCHLD is the reaper's,
 // and SIGURG is sent by the Go runtime to itself for preemption, so neither
 // is ever forwarded.
-var ForwardedSignals = []os.Signal{
+var ForwardedSignals = []unix.Signal{
 	unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
 	unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH,
 }
@@ -37,6 +39,9 @@ type ContainerOptions struct {
 	Grace time.Duration
 	// Remap maps the command's exit code to fief's, e.g. 143 to 0.
 	Remap map[int]int
+	// LogFormat and LogLevel are the log settings, which fief gets again
+	// when the waiter runs it to stop processes left behind.
+	LogFormat, LogLevel string
 }
 
 // ParseRemap parses an exit code mapping such as "143:0".
@@ -64,7 +69,22 @@ const (
 // zombie, forwards signals, and when the command exits it stops what the
 // command left behind and returns the command's exit code (128+N for death
 // by signal N).
+//
+// Once the command runs, fief executes the waiter in its place (see
+// execWaiter), which returns only when the waiter cannot run. fief then
+// waits itself: the main goroutine blocks in wait4 through a driven reaper,
+// so the command's exit reaches it without a signal or a goroutine switch,
+// and signals are forwarded by a handler (see forwarder) that does not need
+// this goroutine at all.
 func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
+	// First of all, so a signal that arrives while the command starts is
+	// kept and sent once it runs.
+	fwd, err := startForwarding(log, ForwardedSignals)
+	if err != nil {
+		log.Error("installing the signal handlers failed", "err", err)
+		return 1
+	}
+
 	pid1 := os.Getpid() == 1
 	if !pid1 {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -74,32 +94,101 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 		}
 	}
 
-	// Never stopped: the process exits right after the command, and
-	// signal.Stop would restore each handler on the exit path.
-	signals := make(chan os.Signal, 16)
-	signal.Notify(signals, ForwardedSignals...)
-
-	r := reaper.New(nil)
+	r := reaper.NewDriven(nil)
 
 	child, code := startCommand(log, r, argv)
 	if child == nil {
+		fwd.stop()
 		return remapExit(code, opts.Remap)
+	}
+	fwd.target(child.Pid, opts.Group)
+
+	// From here on the waiter does the job at the cost of tini, unless
+	// the debug log wants the Go loop's messages. execWaiter returns only
+	// when it cannot run the waiter, and then the Go loop below waits.
+	if !log.Enabled(context.Background(), slog.LevelDebug) {
+		if err := execWaiter(waiterSetup{
+			pid:     child.Pid,
+			pidfd:   fwd.pidfd,
+			mode:    int(atomic.LoadInt32(&fwdMode)),
+			pid1:    pid1,
+			signals: ForwardedSignals,
+			remap:   opts.Remap,
+			rerun:   leftoverArgs(pid1, opts),
+		}); !errors.Is(err, errNoWaiter) {
+			log.Info("the waiter could not run; fief waits itself", "err", err)
+		}
 	}
 
 	var status reaper.Status
-wait:
 	for {
-		select {
-		case sig := <-signals:
-			forward(log, child, sig.(unix.Signal), opts.Group)
-		case status = <-child.Done:
-			break wait
+		st, err := r.Wait()
+		if err != nil {
+			// The command is a child until this loop reaps it, so wait4
+			// cannot run out of children; give up rather than spin.
+			log.Error("waiting for the command failed", "pid", child.Pid, "err", err)
+			fwd.stop()
+			return 1
+		}
+		if st.Pid == child.Pid {
+			status = st
+			break
 		}
 	}
+	fwd.stop()
 	log.Debug("command exited", "pid", child.Pid, "status", status.String())
 
 	stopLeftovers(log, r, pid1, opts.Grace)
 	return remapExit(status.ExitCode(), opts.Remap)
+}
+
+// LeftoversArg0 is the argv[0] under which the waiter runs fief again when
+// the command has left processes behind; main checks for it first.
+const LeftoversArg0 = "fief-container-leftovers"
+
+// leftoverArgs returns the argv with which the waiter runs fief again.
+func leftoverArgs(pid1 bool, opts ContainerOptions) []string {
+	args := []string{LeftoversArg0, statusPlaceholder,
+		"-pid1=" + strconv.FormatBool(pid1),
+		"-grace=" + opts.Grace.String(),
+		"-log-format=" + opts.LogFormat,
+		"-log-level=" + opts.LogLevel,
+	}
+	for from, to := range opts.Remap {
+		args = append(args, fmt.Sprintf("-remap-exit=%d:%d", from, to))
+	}
+	return args
+}
+
+// LeftoversMain is fief run again by the waiter after the command exited
+// and left processes behind: it stops them as RunContainer does and returns
+// the command's exit code. The waiter passes the command's wait status.
+func LeftoversMain(args []string, newLogger func(format, level string) *slog.Logger) int {
+	// Signals to fief are dropped from now on, as after the command's exit
+	// in RunContainer. Until here the waiter had them ignored.
+	if fwd, err := startForwarding(nil, ForwardedSignals); err == nil {
+		fwd.stop()
+	}
+
+	fs := flag.NewFlagSet(LeftoversArg0, flag.ContinueOnError)
+	status := fs.String("status", "", "the command's wait status, in hex")
+	pid1 := fs.Bool("pid1", false, "fief is pid 1")
+	grace := fs.Duration("grace", 5*time.Second, "time between SIGTERM and SIGKILL")
+	logFormat := fs.String("log-format", "text", "log format")
+	logLevel := fs.String("log-level", "info", "log level")
+	remap := map[int]int{}
+	fs.Func("remap-exit", "exit code mapping", func(text string) error { return ParseRemap(text, remap) })
+	if err := fs.Parse(args); err != nil {
+		return 1
+	}
+	wait, err := strconv.ParseUint(*status, 16, 32)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: invalid status %q\n", LeftoversArg0, *status)
+		return 1
+	}
+	log := newLogger(*logFormat, *logLevel)
+	stopLeftovers(log, reaper.NewDriven(nil), *pid1, *grace)
+	return remapExit(reaper.Status{Wait: unix.WaitStatus(wait)}.ExitCode(), remap)
 }
 
 // startCommand starts argv in its own process group, in the foreground of
@@ -155,21 +244,6 @@ func lookCommand(log *slog.Logger, name string) (string, int) {
 func isTerminal(fd int) bool {
 	_, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	return err == nil
-}
-
-func forward(log *slog.Logger, child *reaper.Child, sig unix.Signal, group bool) {
-	var err error
-	if group {
-		err = unix.Kill(-child.Pid, sig)
-		if errors.Is(err, unix.ESRCH) {
-			err = nil
-		}
-	} else {
-		err = child.Signal(sig)
-	}
-	if err != nil {
-		log.Warn("forwarding a signal failed", "pid", child.Pid, "signal", unix.SignalName(sig), "err", err)
-	}
 }
 
 func remapExit(code int, remap map[int]int) int {

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -648,19 +649,23 @@ func moduleLoadOrder(deps moduleDeps, requested []string) ([]string, error) {
 
 // moduleDecompressors maps a compressed module's suffix to the command
 // that writes its content to stdout, and the Debian package with it.
-var moduleDecompressors = map[string]struct {
+var moduleDecompressors = sync.OnceValue(func() map[string]moduleDecompressor {
+	return map[string]moduleDecompressor{
+		".xz":  {[]string{"xz", "-dc"}, "xz-utils"},
+		".zst": {[]string{"zstd", "-dcq"}, "zstd"},
+		".gz":  {[]string{"gzip", "-dc"}, "gzip"},
+	}
+})
+
+type moduleDecompressor struct {
 	argv    []string
 	pkgName string
-}{
-	".xz":  {[]string{"xz", "-dc"}, "xz-utils"},
-	".zst": {[]string{"zstd", "-dcq"}, "zstd"},
-	".gz":  {[]string{"gzip", "-dc"}, "gzip"},
 }
 
 // decompressedName drops the compression suffix: fuse.ko.xz becomes
 // fuse.ko.
 func decompressedName(modulePath string) string {
-	for suffix := range moduleDecompressors {
+	for suffix := range moduleDecompressors() {
 		if strings.HasSuffix(modulePath, ".ko"+suffix) {
 			return strings.TrimSuffix(modulePath, suffix)
 		}
@@ -671,7 +676,7 @@ func decompressedName(modulePath string) string {
 // readModule returns the content of a module file, decompressed with the
 // matching command when the name ends in .xz, .zst or .gz.
 func readModule(file string) ([]byte, error) {
-	for suffix, tool := range moduleDecompressors {
+	for suffix, tool := range moduleDecompressors() {
 		if !strings.HasSuffix(file, ".ko"+suffix) {
 			continue
 		}

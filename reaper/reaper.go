@@ -1,11 +1,12 @@
 // Package reaper is the only code in fief that waits for child processes.
 //
-// One goroutine drains wait4(-1, WNOHANG) every time SIGCHLD arrives and
-// sends each status to the caller that started that pid through
-// [Reaper.Start]. A
-// status for a pid nobody registered is an orphan that was re-parented to this
-// process (fief is pid 1 or a child subreaper); it is reaped and reported
-// through the function given to [New].
+// In the reaper made by [New], one goroutine drains wait4(-1, WNOHANG) every
+// time SIGCHLD arrives and sends each status to the caller that started that
+// pid through [Reaper.Start]. A status for a pid nobody registered is an
+// orphan that was re-parented to this process (fief is pid 1 or a child
+// subreaper); it is reaped and reported through the function given to [New].
+// The reaper made by [NewDriven] has no goroutine and no SIGCHLD: its owner
+// blocks in [Reaper.Wait], which hands out statuses the same way.
 //
 // Nothing else may call exec.Cmd.Wait, exec.Cmd.Run, os.Process.Wait or
 // wait4. Since Go 1.23 os.Process.Wait uses waitid(P_PIDFD), and a wait4(-1)
@@ -97,7 +98,7 @@ type Reaper struct {
 	waiters map[int]*waiter
 
 	orphan func(Status)
-	wake   chan os.Signal
+	wake   chan os.Signal // nil for a reaper made by NewDriven
 }
 
 type waiter struct {
@@ -128,6 +129,48 @@ func New(onOrphan func(Status)) *Reaper {
 	signal.Notify(r.wake, unix.SIGCHLD)
 	go r.loop()
 	return r
+}
+
+// NewDriven returns the process's reaper without a goroutine of its own and
+// without a SIGCHLD handler: its owner collects children by calling
+// [Reaper.Wait], and may sweep with [Reaper.Reap]. It suits a process whose
+// main goroutine has nothing to do but wait, such as the container init: a
+// child's exit then wakes that goroutine directly, with no signal and no
+// switch between goroutines, and the runtime starts no thread for os/signal.
+// Statuses are handed out as by the reaper of [New]. NewDriven panics when
+// the process already has a reaper.
+func NewDriven(onOrphan func(Status)) *Reaper {
+	if !created.CompareAndSwap(false, true) {
+		panic("reaper.NewDriven called with a reaper in the process: a process must have exactly one reaper")
+	}
+	return &Reaper{waiters: make(map[int]*waiter), orphan: onOrphan}
+}
+
+// errNotDriven is returned by Wait on a reaper that has its own goroutine.
+var errNotDriven = errors.New("reaper: Wait needs a reaper made by NewDriven")
+
+// Wait blocks until a child of this process exits, reaps it, hands its
+// status out as [Reaper.Reap] does (to the Done channel of a started child,
+// or to the orphan function) and returns it. It fails with unix.ECHILD when
+// the process has no child left. Only the owner of a reaper made by
+// [NewDriven] may call it, from one goroutine at a time.
+func (r *Reaper) Wait() (Status, error) {
+	if r.wake != nil {
+		return Status{}, errNotDriven
+	}
+	for {
+		var status Status
+		pid, err := unix.Wait4(-1, &status.Wait, 0, &status.Rusage)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return Status{}, err
+		}
+		status.Pid = pid
+		r.dispatch(status)
+		return status, nil
+	}
 }
 
 // Start starts cmd and registers it. cmd's stdin, stdout and stderr must be

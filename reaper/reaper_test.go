@@ -1,6 +1,7 @@
 package reaper
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,6 +26,15 @@ func TestMain(m *testing.M) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		fmt.Fprintf(os.Stderr, "becoming a child subreaper: %v\n", err)
 		os.Exit(1)
+	}
+	// TestDrivenReaper runs this binary again for a process whose reaper
+	// is a driven one.
+	if os.Getenv(drivenEnv) == "1" {
+		if err := drivenScenario(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	testReaper = New(func(st Status) {
 		orphanMu.Lock()
@@ -160,4 +170,82 @@ func TestNewTwicePanics(t *testing.T) {
 		}
 	}()
 	New(nil)
+}
+
+const drivenEnv = "FIEF_REAPER_TEST_DRIVEN"
+
+// drivenScenario runs in a process of its own: a shell that exits 7 and
+// leaves an orphan behind, both collected by Wait.
+func drivenScenario() error {
+	var orphans []Status
+	r := NewDriven(func(st Status) { orphans = append(orphans, st) })
+	if _, err := NewDrivenOrPanic(); err == nil {
+		return fmt.Errorf("a second reaper was created")
+	}
+	child, err := r.Start(exec.Command("sh", "-c", "sleep 0.1 & exit 7"))
+	if err != nil {
+		return fmt.Errorf("Start: %v", err)
+	}
+	var statuses []Status
+	for {
+		st, err := r.Wait()
+		if errors.Is(err, unix.ECHILD) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("Wait: %v", err)
+		}
+		statuses = append(statuses, st)
+	}
+	if len(statuses) != 2 || statuses[0].Pid != child.Pid || statuses[0].ExitCode() != 7 {
+		return fmt.Errorf("Wait returned %v, expected the shell (pid %d, exit 7) and then its orphan", statuses, child.Pid)
+	}
+	select {
+	case st := <-child.Done:
+		if st.Pid != child.Pid || st.ExitCode() != 7 {
+			return fmt.Errorf("Done received %v, expected pid %d with exit code 7", st, child.Pid)
+		}
+	default:
+		return fmt.Errorf("Done received nothing after Wait returned the child's status")
+	}
+	if len(orphans) != 1 || orphans[0].Pid != statuses[1].Pid {
+		return fmt.Errorf("the orphan function got %v, expected the orphan %v", orphans, statuses[1])
+	}
+	if n := r.Pending(); n != 0 {
+		return fmt.Errorf("Pending() = %d after every child exited, want 0", n)
+	}
+	return nil
+}
+
+// NewDrivenOrPanic reports whether NewDriven panics, as it must when the
+// process already has a reaper.
+func NewDrivenOrPanic() (r *Reaper, err error) {
+	defer func() {
+		if recover() != nil {
+			err = errors.New("panicked")
+		}
+	}()
+	return NewDriven(nil), nil
+}
+
+func TestDrivenReaper(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), drivenEnv+"=1")
+	stdout, stderr, status, err := testReaper.Output(cmd)
+	if err != nil {
+		t.Fatalf("running the driven reaper scenario: %v", err)
+	}
+	if !status.Success() {
+		t.Errorf("the driven reaper scenario failed (%s):\n%s%s", status, stdout, stderr)
+	}
+}
+
+func TestWaitNeedsDrivenReaper(t *testing.T) {
+	if _, err := testReaper.Wait(); err == nil {
+		t.Error("Wait on the reaper of New succeeded, expected an error")
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -220,18 +221,20 @@ func (p *parser) lookupOption(key string) (string, bool) {
 }
 
 // stepPhases maps each exec-* and hook-* key to its phase.
-var stepPhases = map[string]Phase{
-	"exec-pre-jail":       PhasePreJail,
-	"exec-as-root":        PhaseAsRoot,
-	"exec-as-user":        PhaseAsUser,
-	"exec-as-user-atexit": PhaseAsUserAtexit,
-	"exec-as-root-atexit": PhaseAsRootAtexit,
-	"hook-pre-jail":       PhasePreJail,
-	"hook-as-root":        PhaseAsRoot,
-	"hook-as-user":        PhaseAsUser,
-	"hook-as-user-atexit": PhaseAsUserAtexit,
-	"hook-as-root-atexit": PhaseAsRootAtexit,
-}
+var stepPhases = sync.OnceValue(func() map[string]Phase {
+	return map[string]Phase{
+		"exec-pre-jail":       PhasePreJail,
+		"exec-as-root":        PhaseAsRoot,
+		"exec-as-user":        PhaseAsUser,
+		"exec-as-user-atexit": PhaseAsUserAtexit,
+		"exec-as-root-atexit": PhaseAsRootAtexit,
+		"hook-pre-jail":       PhasePreJail,
+		"hook-as-root":        PhaseAsRoot,
+		"hook-as-user":        PhaseAsUser,
+		"hook-as-user-atexit": PhaseAsUserAtexit,
+		"hook-as-root-atexit": PhaseAsRootAtexit,
+	}
+})
 
 // apply stores one option line that is not in a skipped block. Key is the
 // key as written, which error messages repeat.
@@ -291,7 +294,7 @@ func (p *parser) apply(key string, info keyInfo, value string, line int) error {
 		if err != nil {
 			return invalid("%v", err)
 		}
-		phase := stepPhases[info.canonical]
+		phase := stepPhases()[info.canonical]
 		command := &Command{Argv: argv, Line: line, Text: value}
 		cfg.Steps[phase] = append(cfg.Steps[phase], Step{Phase: phase, Command: command})
 
@@ -301,7 +304,7 @@ func (p *parser) apply(key string, info keyInfo, value string, line int) error {
 			return invalid("%v", err)
 		}
 		hook.Line = line
-		phase := stepPhases[info.canonical]
+		phase := stepPhases()[info.canonical]
 		if (hook.Action == "mount" || hook.Action == "umount") && (phase == PhaseAsUser || phase == PhaseAsUserAtexit) {
 			return invalid("%s runs after privileges are dropped, and %s needs root; use hook-as-root or hook-pre-jail", key, hook.Action)
 		}

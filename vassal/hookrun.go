@@ -6,28 +6,31 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"fief/mount"
 )
 
-var mountFlagBits = map[string]uintptr{
-	"bind":    unix.MS_BIND,
-	"rec":     unix.MS_REC,
-	"ro":      unix.MS_RDONLY,
-	"nosuid":  unix.MS_NOSUID,
-	"nodev":   unix.MS_NODEV,
-	"noexec":  unix.MS_NOEXEC,
-	"remount": unix.MS_REMOUNT,
-	"move":    unix.MS_MOVE,
-	"noatime": unix.MS_NOATIME,
-	"sync":    unix.MS_SYNCHRONOUS,
-	"dirsync": unix.MS_DIRSYNC,
-	"private": unix.MS_PRIVATE,
-	"slave":   unix.MS_SLAVE,
-	"shared":  unix.MS_SHARED,
-}
+var mountFlagBits = sync.OnceValue(func() map[string]uintptr {
+	return map[string]uintptr{
+		"bind":    unix.MS_BIND,
+		"rec":     unix.MS_REC,
+		"ro":      unix.MS_RDONLY,
+		"nosuid":  unix.MS_NOSUID,
+		"nodev":   unix.MS_NODEV,
+		"noexec":  unix.MS_NOEXEC,
+		"remount": unix.MS_REMOUNT,
+		"move":    unix.MS_MOVE,
+		"noatime": unix.MS_NOATIME,
+		"sync":    unix.MS_SYNCHRONOUS,
+		"dirsync": unix.MS_DIRSYNC,
+		"private": unix.MS_PRIVATE,
+		"slave":   unix.MS_SLAVE,
+		"shared":  unix.MS_SHARED,
+	}
+})
 
 const propagationBits = unix.MS_PRIVATE | unix.MS_SLAVE | unix.MS_SHARED
 
@@ -79,7 +82,7 @@ func (v *vassalInit) runHook(phase Phase, hook *Hook, creds *Credentials) error 
 func runMountHook(spec *MountSpec) error {
 	var flags uintptr
 	for _, name := range spec.Flags {
-		flags |= mountFlagBits[name]
+		flags |= mountFlagBits()[name]
 	}
 	propagation := flags & propagationBits
 	flags &^= propagation

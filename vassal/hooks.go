@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Hook is a parsed hook-* value of the form ACTION:ARGS. The fields that an
@@ -51,19 +52,23 @@ const hookActions = "exec, mount, umount, mkdir, chdir (alias cd), call, callret
 
 // mountFlags maps each accepted mount flag to its canonical name. The empty
 // name means that the flag sets nothing.
-var mountFlags = map[string]string{
-	"bind": "bind", "rec": "rec", "recursive": "rec",
-	"ro": "ro", "rdonly": "ro", "readonly": "ro",
-	"private": "private", "slave": "slave", "shared": "shared",
-	"nosuid": "nosuid", "nodev": "nodev", "noexec": "noexec",
-	"remount": "remount", "move": "move", "noatime": "noatime",
-	"sync": "sync", "dirsync": "dirsync", "defaults": "",
-}
+var mountFlags = sync.OnceValue(func() map[string]string {
+	return map[string]string{
+		"bind": "bind", "rec": "rec", "recursive": "rec",
+		"ro": "ro", "rdonly": "ro", "readonly": "ro",
+		"private": "private", "slave": "slave", "shared": "shared",
+		"nosuid": "nosuid", "nodev": "nodev", "noexec": "noexec",
+		"remount": "remount", "move": "move", "noatime": "noatime",
+		"sync": "sync", "dirsync": "dirsync", "defaults": "",
+	}
+})
 
 const supportedMountFlags = "bind, rec (also recursive), ro (also rdonly, readonly), private, slave, shared, nosuid, nodev, noexec, remount, move, noatime, sync, dirsync, defaults"
 
 // umountFlags maps each accepted umount flag to its canonical name.
-var umountFlags = map[string]string{"rec": "rec", "recursive": "rec", "detach": "detach"}
+var umountFlags = sync.OnceValue(func() map[string]string {
+	return map[string]string{"rec": "rec", "recursive": "rec", "detach": "detach"}
+})
 
 const supportedUmountFlags = "rec (also recursive), detach"
 
@@ -130,7 +135,7 @@ func parseMountArgs(args string) (*MountSpec, error) {
 	}
 	mount := &MountSpec{FSType: fields[0], Source: fields[1], Target: fields[2], Data: data}
 	if len(fields) == 4 {
-		flags, err := parseFlagList(fields[3], mountFlags, "mount", supportedMountFlags)
+		flags, err := parseFlagList(fields[3], mountFlags(), "mount", supportedMountFlags)
 		if err != nil {
 			return nil, err
 		}
@@ -147,7 +152,7 @@ func parseUmountArgs(args string) (*MountSpec, error) {
 	}
 	mount := &MountSpec{Target: fields[0]}
 	if len(fields) == 2 {
-		flags, err := parseFlagList(fields[1], umountFlags, "umount", supportedUmountFlags)
+		flags, err := parseFlagList(fields[1], umountFlags(), "umount", supportedUmountFlags)
 		if err != nil {
 			return nil, err
 		}

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // keyKind is the category of a key, which decides how the parser handles it.
@@ -61,11 +62,13 @@ var conditionKeys = []string{
 
 // keyAliases maps other spellings of fief keys to the canonical key. The
 // aliases are the uWSGI names of the same option.
-var keyAliases = map[string]string{
-	"check-mountpoint": "mountpoint-check",
-	"check-mount":      "mountpoint-check",
-	"mount-check":      "mountpoint-check",
-}
+var keyAliases = sync.OnceValue(func() map[string]string {
+	return map[string]string{
+		"check-mountpoint": "mountpoint-check",
+		"check-mount":      "mountpoint-check",
+		"mount-check":      "mountpoint-check",
+	}
+})
 
 // uwsgiKeys are uWSGI application options that fief accepts without
 // handling them. They come from the option tables in the uWSGI source
@@ -156,15 +159,17 @@ var uwsgiKeys = []string{
 	"http-headers-timeout", "http-connect-timeout", "http-websockets", "http-raw-body",
 }
 
-// keyTable maps every accepted key, aliases included, in "-" spelling to
-// its entry. keyCandidates lists the same keys in the order in which
-// suggestKey prefers them when two are equally close, fief keys first.
-var keyTable, keyCandidates = buildKeyTable()
+// keyTables returns keyTable, which maps every accepted key, aliases
+// included, in "-" spelling to its entry, and keyCandidates, which lists
+// the same keys in the order in which suggestKey prefers them when two are
+// equally close, fief keys first. They are built on first use: commands
+// that read no vassal file, such as exec-as-user, do not pay for them.
+var keyTables = sync.OnceValues(buildKeyTable)
 
 func buildKeyTable() (table map[string]keyInfo, candidates []string) {
 	// Sized up front: growing the map rehashes it several times, which
 	// was a measurable share of each vassal init's start-up.
-	size := len(fiefKeys) + len(conditionKeys) + 1 + len(keyAliases) + len(uwsgiKeys)
+	size := len(fiefKeys) + len(conditionKeys) + 1 + len(keyAliases()) + len(uwsgiKeys)
 	table = make(map[string]keyInfo, size)
 	candidates = make([]string, 0, size)
 	add := func(key string, info keyInfo) {
@@ -181,8 +186,8 @@ func buildKeyTable() (table map[string]keyInfo, candidates []string) {
 		add(key, keyInfo{canonical: key, kind: kindCondition})
 	}
 	add("endif", keyInfo{canonical: "endif", kind: kindEndif})
-	for _, alias := range slices.Sorted(maps.Keys(keyAliases)) {
-		add(alias, keyInfo{canonical: keyAliases[alias], kind: kindFief})
+	for _, alias := range slices.Sorted(maps.Keys(keyAliases())) {
+		add(alias, keyInfo{canonical: keyAliases()[alias], kind: kindFief})
 	}
 	for _, key := range uwsgiKeys {
 		add(key, keyInfo{canonical: key, kind: kindUWSGI})
@@ -197,6 +202,7 @@ func normalizeKey(key string) string {
 
 // lookupKey returns the table entry of a key as written in a file.
 func lookupKey(key string) (keyInfo, bool) {
+	keyTable, _ := keyTables()
 	info, ok := keyTable[normalizeKey(key)]
 	return info, ok
 }
@@ -259,6 +265,7 @@ func unsupportedUWSGIKeyHint(key string) (string, bool) {
 func suggestKey(key string) (string, bool) {
 	key = normalizeKey(key)
 	best, bestDistance := "", -1
+	_, keyCandidates := keyTables()
 	for _, candidate := range keyCandidates {
 		distance := editDistance(key, candidate)
 		if bestDistance < 0 || distance < bestDistance {

@@ -71,7 +71,7 @@ func TestUWSGIKeysAreNotFiefKeys(t *testing.T) {
 		if slices.Contains(fiefKeys, key) || slices.Contains(conditionKeys, key) || key == "endif" {
 			t.Errorf("uWSGI key %q is also a fief key", key)
 		}
-		if _, ok := keyAliases[key]; ok {
+		if _, ok := keyAliases()[key]; ok {
 			t.Errorf("uWSGI key %q is also a fief alias", key)
 		}
 		if normalizeKey(key) != key {

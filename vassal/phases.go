@@ -5,20 +5,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
+	"fief/asuser"
 	"fief/fusectl"
 	"fief/mount"
 	"fief/reaper"
 )
-
-// defaultPath is used to find programs when the environment has no PATH.
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // StepError is a start-up step that failed, with the file and line it comes
 // from.
@@ -247,62 +243,14 @@ func (v *vassalInit) environment(creds *Credentials) []string {
 	if creds != nil {
 		env = append(env, creds.Env()...)
 	}
-	return dedupEnv(env)
-}
-
-// dedupEnv keeps the last value of each variable, in first-seen order.
-func dedupEnv(env []string) []string {
-	index := make(map[string]int, len(env))
-	out := make([]string, 0, len(env))
-	for _, kv := range env {
-		name, _, _ := strings.Cut(kv, "=")
-		if i, ok := index[name]; ok {
-			out[i] = kv
-			continue
-		}
-		index[name] = len(out)
-		out = append(out, kv)
-	}
-	return out
-}
-
-func envValue(env []string, name string) string {
-	for i := len(env) - 1; i >= 0; i-- {
-		if k, val, ok := strings.Cut(env[i], "="); ok && k == name {
-			return val
-		}
-	}
-	return ""
-}
-
-// lookPath finds program on the PATH of env. exec.LookPath would use the
-// init's own PATH and its result would be stale after pivot_root.
-func lookPath(program string, env []string) (string, error) {
-	if strings.Contains(program, "/") {
-		return program, nil
-	}
-	path := envValue(env, "PATH")
-	if path == "" {
-		path = defaultPath
-	}
-	for _, dir := range filepath.SplitList(path) {
-		if dir == "" {
-			dir = "."
-		}
-		candidate := filepath.Join(dir, program)
-		info, err := os.Stat(candidate)
-		if err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o111 != 0 {
-			return candidate, nil
-		}
-	}
-	return "", fmt.Errorf("program %q not found in PATH %q: install it or give its full path", program, path)
+	return asuser.DedupEnv(env)
 }
 
 // newCommand builds an exec.Cmd for argv with the vassal's environment and,
 // when creds is not nil, the vassal's user and groups.
 func (v *vassalInit) newCommand(argv []string, creds *Credentials) (*exec.Cmd, error) {
 	env := v.environment(creds)
-	path, err := lookPath(argv[0], env)
+	path, err := asuser.LookPath(argv[0], env)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -34,17 +35,19 @@ const (
 
 // cloneNames maps the namespace names of uWSGI's emperor-use-clone and
 // unshare options to clone flags.
-var cloneNames = map[string]uintptr{
-	"fs":     unix.CLONE_NEWNS,
-	"mount":  unix.CLONE_NEWNS,
-	"mnt":    unix.CLONE_NEWNS,
-	"ns":     unix.CLONE_NEWNS,
-	"pid":    unix.CLONE_NEWPID,
-	"ipc":    unix.CLONE_NEWIPC,
-	"uts":    unix.CLONE_NEWUTS,
-	"net":    unix.CLONE_NEWNET,
-	"cgroup": unix.CLONE_NEWCGROUP,
-}
+var cloneNames = sync.OnceValue(func() map[string]uintptr {
+	return map[string]uintptr{
+		"fs":     unix.CLONE_NEWNS,
+		"mount":  unix.CLONE_NEWNS,
+		"mnt":    unix.CLONE_NEWNS,
+		"ns":     unix.CLONE_NEWNS,
+		"pid":    unix.CLONE_NEWPID,
+		"ipc":    unix.CLONE_NEWIPC,
+		"uts":    unix.CLONE_NEWUTS,
+		"net":    unix.CLONE_NEWNET,
+		"cgroup": unix.CLONE_NEWCGROUP,
+	}
+})
 
 // RequiredCloneFlags are always set: the mount namespace keeps a vassal's
 // mounts out of the host, and the pid namespace makes the vassal init pid 1
@@ -60,7 +63,7 @@ func ParseCloneFlags(list string) (uintptr, error) {
 		if name == "" {
 			continue
 		}
-		flag, ok := cloneNames[name]
+		flag, ok := cloneNames()[name]
 		if !ok {
 			return 0, fmt.Errorf("unknown namespace %q in clone list %q; use a comma-separated list of %s", name, list, strings.Join(CloneNames(), ", "))
 		}
@@ -71,8 +74,8 @@ func ParseCloneFlags(list string) (uintptr, error) {
 
 // CloneNames returns the accepted namespace names, sorted.
 func CloneNames() []string {
-	names := make([]string, 0, len(cloneNames))
-	for name := range cloneNames {
+	names := make([]string, 0, len(cloneNames()))
+	for name := range cloneNames() {
 		names = append(names, name)
 	}
 	sort.Strings(names)

@@ -1,4 +1,4 @@
-package vassal
+package asuser
 
 import (
 	"errors"

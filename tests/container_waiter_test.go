@@ -1,0 +1,251 @@
+package tests
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Tests of how fief -- waits once CMD runs: on amd64 a one-thread waiter
+// takes fief's place (same pid), and fief comes back to stop the processes
+// that CMD left behind. --log-level debug keeps the Go loop.
+
+// containerStatusField returns a field of /proc/PID/status, or "".
+func containerStatusField(pid int, field string) string {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(data)) {
+		if value, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(value)
+		}
+	}
+	return ""
+}
+
+// CMD must start with no signal blocked or ignored, on every path: the Go
+// loop (debug), the waiter, as a subreaper and as pid 1.
+func TestContainerInitCommandSignalMask(t *testing.T) {
+	t.Parallel()
+	fief := containerFief(t)
+	unshare := containerRequireProgram(t, "unshare", "util-linux")
+	grep := containerRequireProgram(t, "grep", "grep")
+
+	for _, setup := range []struct {
+		name   string
+		prefix []string
+	}{
+		{"subreaper", []string{fief, "-s", "--"}},
+		{"subreaper, debug log", []string{fief, "-s", "--log-level", "debug", "--"}},
+		{"pid 1", []string{unshare, "--pid", "--fork", "--mount-proc", fief, "--"}},
+		{"pid 1, group", []string{unshare, "--pid", "--fork", "--mount-proc", fief, "-g", "--"}},
+	} {
+		argv := append(slices.Clone(setup.prefix), grep, "-E", "^(SigBlk|SigIgn):", "/proc/self/status")
+		result := containerRun(t, exec.Command(argv[0], argv[1:]...))
+		if result.code != 0 {
+			t.Errorf("%s: expected exit code 0, got %d\n%s", setup.name, result.code, result.stderr)
+			continue
+		}
+		for _, line := range strings.Split(strings.TrimSpace(result.stdout), "\n") {
+			name, value, _ := strings.Cut(line, ":")
+			if strings.Trim(strings.TrimSpace(value), "0") != "" {
+				t.Errorf("%s: expected CMD to start with an empty %s, got %s", setup.name, name, strings.TrimSpace(value))
+			}
+		}
+	}
+}
+
+// Once CMD runs, fief is the waiter: one thread and a few pages, with
+// fief's name and command line, as pid 1 and as a subreaper.
+func TestContainerInitWaiter(t *testing.T) {
+	t.Parallel()
+	if runtime.GOARCH != "amd64" {
+		t.Skipf("the waiter exists on amd64 only, not on %s", runtime.GOARCH)
+	}
+	fief := containerFief(t)
+	unshare := containerRequireProgram(t, "unshare", "util-linux")
+
+	for _, pid1 := range []bool{true, false} {
+		name := "subreaper"
+		argv := []string{fief, "-s", "--", "sleep", "infinity"}
+		if pid1 {
+			name = "pid 1"
+			argv = []string{fief, "--", "sleep", "infinity"}
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := containerTempDir(t)
+			cmd := exec.Command(argv[0], argv[1:]...)
+			if pid1 {
+				cmd = exec.Command(unshare, append([]string{"--pid", "--fork", "--mount-proc"}, argv...)...)
+			}
+			p := containerStart(t, filepath.Join(dir, "fief.log"), cmd)
+			fiefPid := 0
+			ready := containerPoll(10*time.Second, func() bool {
+				candidates := []containerProc{{pid: p.pid(), argv: argv}}
+				if pid1 {
+					candidates = containerChildren(p.pid())
+				}
+				for _, proc := range candidates {
+					if len(proc.argv) > 0 && proc.argv[0] == fief && len(containerProgramPids(proc.pid, "sleep")) == 1 {
+						fiefPid = proc.pid
+						return containerStatusField(fiefPid, "Threads") == "1"
+					}
+				}
+				return false
+			})
+			if !ready {
+				t.Fatalf("expected fief with sleep as its child and one thread within 10s\n%s", p.describe())
+			}
+			if name := containerStatusField(fiefPid, "Name"); name != "fief" {
+				t.Errorf("expected the waiter to keep the name fief, got %q", name)
+			}
+			rss, _ := strconv.Atoi(strings.TrimSuffix(containerStatusField(fiefPid, "VmRSS"), " kB"))
+			if rss <= 0 || rss > 200 {
+				t.Errorf("expected the waiter's VmRSS to be at most 200 kB, got %q", containerStatusField(fiefPid, "VmRSS"))
+			}
+			if proc, ok := containerReadProc(fiefPid); !ok || !slices.Equal(proc.argv, argv) {
+				t.Errorf("expected the waiter to keep fief's command line %q, got %q", argv, proc.argv)
+			}
+
+			// Signals that the Go runtime ignores, and so fief did before
+			// the waiter, are neither forwarded nor fatal.
+			for _, sig := range []syscall.Signal{syscall.SIGALRM, syscall.SIGIO, syscall.SIGPIPE, syscall.SIGVTALRM, syscall.Signal(40)} {
+				if err := syscall.Kill(fiefPid, sig); err != nil {
+					t.Fatalf("sending %v to fief (pid %d): %v", sig, fiefPid, err)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			if !p.running() || len(containerProgramPids(fiefPid, "sleep")) != 1 {
+				t.Fatalf("expected fief and sleep to outlive SIGALRM, SIGIO, SIGPIPE, SIGVTALRM and signal 40 sent to fief\n%s", p.describe())
+			}
+
+			if err := syscall.Kill(fiefPid, syscall.SIGTERM); err != nil {
+				t.Fatalf("sending SIGTERM to fief (pid %d): %v", fiefPid, err)
+			}
+			code, exited := p.wait(10 * time.Second)
+			if !exited {
+				t.Fatalf("expected the waiter to forward SIGTERM and exit within 10s\n%s", p.describe())
+			}
+			if code != 143 {
+				t.Errorf("expected exit code 143 (sleep killed by the forwarded SIGTERM), got %d\n%s", code, p.describe())
+			}
+		})
+	}
+}
+
+// While fief stops the processes left behind, signals to fief are dropped:
+// the leftovers get their whole grace period and fief exits with CMD's code.
+func TestContainerInitIgnoresSignalsDuringGrace(t *testing.T) {
+	t.Parallel()
+	fief := containerFief(t)
+	unshare := containerRequireProgram(t, "unshare", "util-linux")
+
+	for _, pid1 := range []bool{false, true} {
+		name := "subreaper"
+		if pid1 {
+			name = "pid 1"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := containerTempDir(t)
+			leftover := filepath.Join(dir, "leftover.sh")
+			containerWriteFile(t, leftover, containerLeftoverIgnoring, 0o644)
+			pidFile := filepath.Join(dir, "leftover.pid")
+
+			argv := []string{fief, "-s", "--grace", "2s", "--", "sh", "-c", containerLeftoverCommand, leftover, pidFile, filepath.Join(dir, "record")}
+			if pid1 {
+				argv = append([]string{unshare, "--pid", "--fork", "--mount-proc"}, argv...)
+			}
+			start := time.Now()
+			p := containerStart(t, filepath.Join(dir, "fief.log"), exec.Command(argv[0], argv[1:]...))
+
+			// fief is the process whose argv[0] is fief, or the one
+			// that stops leftovers under its own name.
+			fiefPid := 0
+			found := containerPoll(10*time.Second, func() bool {
+				for _, proc := range append([]containerProc{{pid: p.pid()}}, containerDescendants(p.pid())...) {
+					if proc.pid == p.pid() && !pid1 {
+						fiefPid = proc.pid
+					} else if pid1 && len(proc.argv) > 0 && (proc.argv[0] == fief || proc.argv[0] == "fief-container-leftovers") {
+						fiefPid = proc.pid
+					}
+				}
+				data, _ := os.ReadFile(pidFile)
+				return fiefPid != 0 && len(strings.TrimSpace(string(data))) > 0
+			})
+			if !found {
+				t.Fatalf("expected the leftover to start within 10s\n%s", p.describe())
+			}
+			// CMD exits right after the leftover wrote its pid; then fief
+			// stops the leftover, which ignores SIGTERM for the 2s grace.
+			time.Sleep(300 * time.Millisecond)
+			for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP} {
+				if err := syscall.Kill(fiefPid, sig); err != nil {
+					t.Fatalf("sending %v to fief (pid %d): %v", sig, fiefPid, err)
+				}
+			}
+			code, exited := p.wait(15 * time.Second)
+			if !exited {
+				t.Fatalf("expected fief to exit within 15s\n%s", p.describe())
+			}
+			took := p.end.Sub(start)
+			if code != 4 {
+				t.Errorf("expected CMD's exit code 4 despite SIGTERM, SIGINT and SIGHUP during the grace period, got %d\n%s", code, p.describe())
+			}
+			if took < 2*time.Second {
+				t.Errorf("expected the leftover to get the whole 2s grace period, fief exited after %v\n%s", took, p.describe())
+			}
+		})
+	}
+}
+
+// With --log-level debug fief waits itself instead of running the waiter:
+// signals still reach CMD, through the handler of init/forward_amd64.s on
+// amd64, and the log tells how CMD ended.
+func TestContainerInitDebugLoop(t *testing.T) {
+	t.Parallel()
+	fief := containerFief(t)
+	perl := containerRequireProgram(t, "perl", "perl-base")
+	dir := containerTempDir(t)
+	script := filepath.Join(dir, "record.pl")
+	containerWriteFile(t, script, containerRecordScript, 0o644)
+	record := filepath.Join(dir, "signals")
+
+	p := containerStart(t, filepath.Join(dir, "fief.log"), exec.Command(fief, "-s", "--log-level", "debug", "--", perl, script, record))
+	lines := func() []string {
+		data, _ := os.ReadFile(record)
+		return strings.Fields(string(data))
+	}
+	want := []string{"ready"}
+	if !containerPoll(5*time.Second, func() bool { return slices.Equal(lines(), want) }) {
+		t.Fatalf("expected the signal recorder to start within 5s, it recorded %q\n%s", lines(), p.describe())
+	}
+	if threads := containerStatusField(p.pid(), "Threads"); threads == "1" {
+		t.Errorf("expected fief to wait itself with --log-level debug, but it has one thread like the waiter")
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGHUP, syscall.SIGTERM} {
+		if err := syscall.Kill(p.pid(), sig); err != nil {
+			t.Fatalf("sending %v to fief: %v", sig, err)
+		}
+		want = append(want, strings.TrimPrefix(unix.SignalName(sig), "SIG"))
+		if !containerPoll(5*time.Second, func() bool { return slices.Equal(lines(), want) }) {
+			t.Fatalf("expected CMD to record %q, it recorded %q\n%s", want, lines(), p.describe())
+		}
+	}
+	code, exited := p.wait(5 * time.Second)
+	if !exited || code != 0 {
+		t.Fatalf("expected fief to exit 0 after CMD's exit on SIGTERM, exited %v with %d\n%s", exited, code, p.describe())
+	}
+	if !strings.Contains(p.output(), "command exited") {
+		t.Errorf("expected the debug log to tell that the command exited, got:\n%s", p.output())
+	}
+}
