@@ -370,6 +370,7 @@ func runContainer(args []string, stdout, stderr io.Writer) int {
 	subreaper := fs.Bool("s", false, "child subreaper mode: reap zombies without being pid 1, and do not print the notice about it (default off)")
 	group := fs.Bool("g", false, "forward signals to CMD's whole process group instead of CMD alone (default off)")
 	grace := fs.Duration("grace", 5*time.Second, "`duration` processes left behind by CMD get between SIGTERM and SIGKILL once CMD exits")
+	noWaiter := fs.Bool("no-waiter", false, "stay the init for CMD's whole life instead of executing the small waiter from a memory file once CMD runs; for hosts whose policy forbids executing memory files (default off)")
 	remap := remapFlags{}
 	fs.Var(remap, "remap-exit", "map CMD's exit code FROM to TO, as `FROM:TO` (e.g. 143:0); repeatable")
 	if code := parseFlags(fs, args); code >= 0 {
@@ -389,6 +390,7 @@ func runContainer(args []string, stdout, stderr io.Writer) int {
 		Group:     *group,
 		Grace:     *grace,
 		Remap:     remap,
+		NoWaiter:  *noWaiter,
 		LogFormat: logs.format,
 		LogLevel:  logs.level,
 	})

@@ -39,6 +39,10 @@ type ContainerOptions struct {
 	Grace time.Duration
 	// Remap maps the command's exit code to fief's, e.g. 143 to 0.
 	Remap map[int]int
+	// NoWaiter keeps fief as the init while the command runs, instead of
+	// executing the waiter from a memory file. Some security monitors flag
+	// the execution of a memory file, and vm.memfd_noexec can forbid it.
+	NoWaiter bool
 	// LogFormat and LogLevel are the log settings, which fief gets again
 	// when the waiter runs it to stop processes left behind.
 	LogFormat, LogLevel string
@@ -106,7 +110,7 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 	// From here on the waiter does the job at the cost of tini, unless
 	// the debug log wants the Go loop's messages. execWaiter returns only
 	// when it cannot run the waiter, and then the Go loop below waits.
-	if !log.Enabled(context.Background(), slog.LevelDebug) {
+	if !opts.NoWaiter && !log.Enabled(context.Background(), slog.LevelDebug) {
 		if err := execWaiter(waiterSetup{
 			pid:     child.Pid,
 			pidfd:   fwd.pidfd,

@@ -208,44 +208,57 @@ func TestContainerInitIgnoresSignalsDuringGrace(t *testing.T) {
 	}
 }
 
-// With --log-level debug fief waits itself instead of running the waiter:
-// signals still reach CMD, through the handler of init/forward_amd64.s on
-// amd64, and the log tells how CMD ended.
-func TestContainerInitDebugLoop(t *testing.T) {
+// With --log-level debug or --no-waiter fief waits itself instead of
+// running the waiter: signals still reach CMD, through the handler of
+// init/forward_amd64.s on amd64, and the debug log tells how CMD ended.
+func TestContainerInitGoLoop(t *testing.T) {
 	t.Parallel()
 	fief := containerFief(t)
 	perl := containerRequireProgram(t, "perl", "perl-base")
-	dir := containerTempDir(t)
-	script := filepath.Join(dir, "record.pl")
-	containerWriteFile(t, script, containerRecordScript, 0o644)
-	record := filepath.Join(dir, "signals")
 
-	p := containerStart(t, filepath.Join(dir, "fief.log"), exec.Command(fief, "-s", "--log-level", "debug", "--", perl, script, record))
-	lines := func() []string {
-		data, _ := os.ReadFile(record)
-		return strings.Fields(string(data))
-	}
-	want := []string{"ready"}
-	if !containerPoll(5*time.Second, func() bool { return slices.Equal(lines(), want) }) {
-		t.Fatalf("expected the signal recorder to start within 5s, it recorded %q\n%s", lines(), p.describe())
-	}
-	if threads := containerStatusField(p.pid(), "Threads"); threads == "1" {
-		t.Errorf("expected fief to wait itself with --log-level debug, but it has one thread like the waiter")
-	}
-	for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGHUP, syscall.SIGTERM} {
-		if err := syscall.Kill(p.pid(), sig); err != nil {
-			t.Fatalf("sending %v to fief: %v", sig, err)
-		}
-		want = append(want, strings.TrimPrefix(unix.SignalName(sig), "SIG"))
-		if !containerPoll(5*time.Second, func() bool { return slices.Equal(lines(), want) }) {
-			t.Fatalf("expected CMD to record %q, it recorded %q\n%s", want, lines(), p.describe())
-		}
-	}
-	code, exited := p.wait(5 * time.Second)
-	if !exited || code != 0 {
-		t.Fatalf("expected fief to exit 0 after CMD's exit on SIGTERM, exited %v with %d\n%s", exited, code, p.describe())
-	}
-	if !strings.Contains(p.output(), "command exited") {
-		t.Errorf("expected the debug log to tell that the command exited, got:\n%s", p.output())
+	for _, mode := range []struct {
+		name  string
+		flags []string
+		debug bool
+	}{
+		{"debug log", []string{"-s", "--log-level", "debug"}, true},
+		{"no waiter", []string{"-s", "--no-waiter"}, false},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			dir := containerTempDir(t)
+			script := filepath.Join(dir, "record.pl")
+			containerWriteFile(t, script, containerRecordScript, 0o644)
+			record := filepath.Join(dir, "signals")
+
+			argv := append(slices.Clone(mode.flags), "--", perl, script, record)
+			p := containerStart(t, filepath.Join(dir, "fief.log"), exec.Command(fief, argv...))
+			lines := func() []string {
+				data, _ := os.ReadFile(record)
+				return strings.Fields(string(data))
+			}
+			want := []string{"ready"}
+			if !containerPoll(5*time.Second, func() bool { return slices.Equal(lines(), want) }) {
+				t.Fatalf("expected the signal recorder to start within 5s, it recorded %q\n%s", lines(), p.describe())
+			}
+			if threads := containerStatusField(p.pid(), "Threads"); threads == "1" {
+				t.Errorf("expected fief to wait itself with %v, but it has one thread like the waiter", mode.flags)
+			}
+			for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGHUP, syscall.SIGTERM} {
+				if err := syscall.Kill(p.pid(), sig); err != nil {
+					t.Fatalf("sending %v to fief: %v", sig, err)
+				}
+				want = append(want, strings.TrimPrefix(unix.SignalName(sig), "SIG"))
+				if !containerPoll(5*time.Second, func() bool { return slices.Equal(lines(), want) }) {
+					t.Fatalf("expected CMD to record %q, it recorded %q\n%s", want, lines(), p.describe())
+				}
+			}
+			code, exited := p.wait(5 * time.Second)
+			if !exited || code != 0 {
+				t.Fatalf("expected fief to exit 0 after CMD's exit on SIGTERM, exited %v with %d\n%s", exited, code, p.describe())
+			}
+			if mode.debug && !strings.Contains(p.output(), "command exited") {
+				t.Errorf("expected the debug log to tell that the command exited, got:\n%s", p.output())
+			}
+		})
 	}
 }
