@@ -33,13 +33,32 @@ func containerStatusField(pid int, field string) string {
 	return ""
 }
 
-// CMD must start with no signal blocked or ignored, on every path: the Go
-// loop (debug), the waiter, as a subreaper and as pid 1.
+// CMD must start with no signal blocked and with the ignored signals fief
+// inherited, no more, on every path: the Go loop (debug), the waiter, as a
+// subreaper and as pid 1. The baseline is grep started by the test itself:
+// GNU make, for one, starts its commands with signals 32 and 33 ignored.
 func TestContainerInitCommandSignalMask(t *testing.T) {
 	t.Parallel()
 	fief := containerFief(t)
 	unshare := containerRequireProgram(t, "unshare", "util-linux")
 	grep := containerRequireProgram(t, "grep", "grep")
+
+	masks := func(stdout string) map[string]string {
+		fields := make(map[string]string)
+		for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+			name, value, _ := strings.Cut(line, ":")
+			fields[name] = strings.TrimSpace(value)
+		}
+		return fields
+	}
+	direct := containerRun(t, exec.Command(grep, "-E", "^(SigBlk|SigIgn):", "/proc/self/status"))
+	if direct.code != 0 {
+		t.Fatalf("reading the signal masks of grep started by the test failed with %d\n%s", direct.code, direct.stderr)
+	}
+	want := masks(direct.stdout)
+	if strings.Trim(want["SigBlk"], "0") != "" {
+		t.Fatalf("the test starts grep with signals blocked (SigBlk %s); run it from a shell without a blocked signal", want["SigBlk"])
+	}
 
 	for _, setup := range []struct {
 		name   string
@@ -56,10 +75,10 @@ func TestContainerInitCommandSignalMask(t *testing.T) {
 			t.Errorf("%s: expected exit code 0, got %d\n%s", setup.name, result.code, result.stderr)
 			continue
 		}
-		for _, line := range strings.Split(strings.TrimSpace(result.stdout), "\n") {
-			name, value, _ := strings.Cut(line, ":")
-			if strings.Trim(strings.TrimSpace(value), "0") != "" {
-				t.Errorf("%s: expected CMD to start with an empty %s, got %s", setup.name, name, strings.TrimSpace(value))
+		got := masks(result.stdout)
+		for _, name := range []string{"SigBlk", "SigIgn"} {
+			if got[name] != want[name] {
+				t.Errorf("%s: expected CMD to start with %s %s, as grep started by the test does, got %q", setup.name, name, want[name], got[name])
 			}
 		}
 	}
