@@ -15,9 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Tests of how fief -- waits once CMD runs: on amd64 a one-thread waiter
-// takes fief's place (same pid), and fief comes back to stop the processes
-// that CMD left behind. --log-level debug keeps the Go loop.
+// Tests of how fief -- waits for CMD. On amd64 a one-thread waiter replaces
+// fief under the same pid, and it executes fief again to stop the processes
+// that CMD left behind. With --log-level debug, fief keeps its Go loop.
 
 // containerStatusField returns a field of /proc/PID/status, or "".
 func containerStatusField(pid int, field string) string {
@@ -33,16 +33,18 @@ func containerStatusField(pid int, field string) string {
 	return ""
 }
 
-// CMD must start with no signal blocked and with the ignored signals fief
-// inherited, no more, on every path: the Go loop (debug), the waiter, as a
-// subreaper and as pid 1. The baseline is grep started by the test itself:
-// GNU make, for one, starts its commands with signals 32 and 33 ignored.
+// CMD must start with no signal blocked and with exactly the ignored signals
+// that fief inherited, with the Go loop and the waiter, as a subreaper and as
+// pid 1. The expected masks are those of grep started by the test itself,
+// because the test's own parent may ignore signals: under GNU Make 4.3, for
+// one, the commands of make test start with signals 32 and 33 ignored.
 func TestContainerInitCommandSignalMask(t *testing.T) {
 	t.Parallel()
 	fief := containerFief(t)
 	unshare := containerRequireProgram(t, "unshare", "util-linux")
 	grep := containerRequireProgram(t, "grep", "grep")
 
+	// masks parses the SigBlk and SigIgn lines that grep printed.
 	masks := func(stdout string) map[string]string {
 		fields := make(map[string]string)
 		for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
@@ -51,13 +53,14 @@ func TestContainerInitCommandSignalMask(t *testing.T) {
 		}
 		return fields
 	}
+
 	direct := containerRun(t, exec.Command(grep, "-E", "^(SigBlk|SigIgn):", "/proc/self/status"))
 	if direct.code != 0 {
-		t.Fatalf("reading the signal masks of grep started by the test failed with %d\n%s", direct.code, direct.stderr)
+		t.Fatalf("grep of /proc/self/status started by the test failed with exit code %d\n%s", direct.code, direct.stderr)
 	}
 	want := masks(direct.stdout)
 	if strings.Trim(want["SigBlk"], "0") != "" {
-		t.Fatalf("the test starts grep with signals blocked (SigBlk %s); run it from a shell without a blocked signal", want["SigBlk"])
+		t.Fatalf("grep started by the test has blocked signals (SigBlk %s), so the test cannot compare masks: run it from a shell that blocks no signal", want["SigBlk"])
 	}
 
 	for _, setup := range []struct {
@@ -78,14 +81,14 @@ func TestContainerInitCommandSignalMask(t *testing.T) {
 		got := masks(result.stdout)
 		for _, name := range []string{"SigBlk", "SigIgn"} {
 			if got[name] != want[name] {
-				t.Errorf("%s: expected CMD to start with %s %s, as grep started by the test does, got %q", setup.name, name, want[name], got[name])
+				t.Errorf("%s: expected CMD to start with %s %s like grep started by the test, got %q", setup.name, name, want[name], got[name])
 			}
 		}
 	}
 }
 
-// Once CMD runs, fief is the waiter: one thread and a few pages, with
-// fief's name and command line, as pid 1 and as a subreaper.
+// Once CMD runs, fief is the waiter: one thread and a few pages, with fief's
+// name and command line, as pid 1 and as a subreaper.
 func TestContainerInitWaiter(t *testing.T) {
 	t.Parallel()
 	if runtime.GOARCH != "amd64" {
@@ -108,6 +111,8 @@ func TestContainerInitWaiter(t *testing.T) {
 				cmd = exec.Command(unshare, append([]string{"--pid", "--fork", "--mount-proc"}, argv...)...)
 			}
 			p := containerStart(t, filepath.Join(dir, "fief.log"), cmd)
+
+			// As pid 1, fief is the child of unshare.
 			fiefPid := 0
 			ready := containerPoll(10*time.Second, func() bool {
 				candidates := []containerProc{{pid: p.pid(), argv: argv}}
@@ -123,21 +128,26 @@ func TestContainerInitWaiter(t *testing.T) {
 				return false
 			})
 			if !ready {
-				t.Fatalf("expected fief with sleep as its child and one thread within 10s\n%s", p.describe())
+				t.Fatalf("timed out after 10s waiting for fief with one thread and sleep as its child\n%s", p.describe())
 			}
+
 			if name := containerStatusField(fiefPid, "Name"); name != "fief" {
 				t.Errorf("expected the waiter to keep the name fief, got %q", name)
 			}
-			rss, _ := strconv.Atoi(strings.TrimSuffix(containerStatusField(fiefPid, "VmRSS"), " kB"))
+			vmRSS := containerStatusField(fiefPid, "VmRSS")
+			rss, _ := strconv.Atoi(strings.TrimSuffix(vmRSS, " kB"))
 			if rss <= 0 || rss > 200 {
-				t.Errorf("expected the waiter's VmRSS to be at most 200 kB, got %q", containerStatusField(fiefPid, "VmRSS"))
+				t.Errorf("expected the waiter's VmRSS to be between 1 and 200 kB, got %q", vmRSS)
 			}
-			if proc, ok := containerReadProc(fiefPid); !ok || !slices.Equal(proc.argv, argv) {
+			proc, ok := containerReadProc(fiefPid)
+			if !ok {
+				t.Errorf("reading /proc/%d/stat of the waiter failed", fiefPid)
+			} else if !slices.Equal(proc.argv, argv) {
 				t.Errorf("expected the waiter to keep fief's command line %q, got %q", argv, proc.argv)
 			}
 
-			// Signals that the Go runtime ignores, and so fief did before
-			// the waiter, are neither forwarded nor fatal.
+			// The waiter ignores the signals that the Go runtime ignores, as
+			// fief did before it, so it neither forwards them nor dies of them.
 			for _, sig := range []syscall.Signal{syscall.SIGALRM, syscall.SIGIO, syscall.SIGPIPE, syscall.SIGVTALRM, syscall.Signal(40)} {
 				if err := syscall.Kill(fiefPid, sig); err != nil {
 					t.Fatalf("sending %v to fief (pid %d): %v", sig, fiefPid, err)
@@ -145,7 +155,7 @@ func TestContainerInitWaiter(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 			if !p.running() || len(containerProgramPids(fiefPid, "sleep")) != 1 {
-				t.Fatalf("expected fief and sleep to outlive SIGALRM, SIGIO, SIGPIPE, SIGVTALRM and signal 40 sent to fief\n%s", p.describe())
+				t.Fatalf("expected fief and sleep to keep running after SIGALRM, SIGIO, SIGPIPE, SIGVTALRM and signal 40 to fief\n%s", p.describe())
 			}
 
 			if err := syscall.Kill(fiefPid, syscall.SIGTERM); err != nil {
@@ -153,7 +163,7 @@ func TestContainerInitWaiter(t *testing.T) {
 			}
 			code, exited := p.wait(10 * time.Second)
 			if !exited {
-				t.Fatalf("expected the waiter to forward SIGTERM and exit within 10s\n%s", p.describe())
+				t.Fatalf("timed out after 10s waiting for the waiter to forward SIGTERM and exit\n%s", p.describe())
 			}
 			if code != 143 {
 				t.Errorf("expected exit code 143 (sleep killed by the forwarded SIGTERM), got %d\n%s", code, p.describe())
@@ -162,8 +172,8 @@ func TestContainerInitWaiter(t *testing.T) {
 	}
 }
 
-// While fief stops the processes left behind, signals to fief are dropped:
-// the leftovers get their whole grace period and fief exits with CMD's code.
+// While fief stops the processes that CMD left behind, it ignores signals,
+// so the leftovers get their whole grace period and fief exits with CMD's code.
 func TestContainerInitIgnoresSignalsDuringGrace(t *testing.T) {
 	t.Parallel()
 	fief := containerFief(t)
@@ -179,7 +189,6 @@ func TestContainerInitIgnoresSignalsDuringGrace(t *testing.T) {
 			leftover := filepath.Join(dir, "leftover.sh")
 			containerWriteFile(t, leftover, containerLeftoverIgnoring, 0o644)
 			pidFile := filepath.Join(dir, "leftover.pid")
-
 			argv := []string{fief, "-s", "--grace", "2s", "--", "sh", "-c", containerLeftoverCommand, leftover, pidFile, filepath.Join(dir, "record")}
 			if pid1 {
 				argv = append([]string{unshare, "--pid", "--fork", "--mount-proc"}, argv...)
@@ -187,8 +196,8 @@ func TestContainerInitIgnoresSignalsDuringGrace(t *testing.T) {
 			start := time.Now()
 			p := containerStart(t, filepath.Join(dir, "fief.log"), exec.Command(argv[0], argv[1:]...))
 
-			// fief is the process whose argv[0] is fief, or the one
-			// that stops leftovers under its own name.
+			// As pid 1, fief is the process with argv[0] fief, or the one
+			// that the waiter executed with argv[0] fief-container-leftovers.
 			fiefPid := 0
 			found := containerPoll(10*time.Second, func() bool {
 				for _, proc := range append([]containerProc{{pid: p.pid()}}, containerDescendants(p.pid())...) {
@@ -202,9 +211,10 @@ func TestContainerInitIgnoresSignalsDuringGrace(t *testing.T) {
 				return fiefPid != 0 && len(strings.TrimSpace(string(data))) > 0
 			})
 			if !found {
-				t.Fatalf("expected the leftover to start within 10s\n%s", p.describe())
+				t.Fatalf("timed out after 10s waiting for the leftover to write its pid\n%s", p.describe())
 			}
-			// CMD exits right after the leftover wrote its pid; then fief
+
+			// CMD exits once the leftover has written its pid. Then fief
 			// stops the leftover, which ignores SIGTERM for the 2s grace.
 			time.Sleep(300 * time.Millisecond)
 			for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP} {
@@ -214,22 +224,22 @@ func TestContainerInitIgnoresSignalsDuringGrace(t *testing.T) {
 			}
 			code, exited := p.wait(15 * time.Second)
 			if !exited {
-				t.Fatalf("expected fief to exit within 15s\n%s", p.describe())
+				t.Fatalf("timed out after 15s waiting for fief to exit\n%s", p.describe())
 			}
 			took := p.end.Sub(start)
 			if code != 4 {
 				t.Errorf("expected CMD's exit code 4 despite SIGTERM, SIGINT and SIGHUP during the grace period, got %d\n%s", code, p.describe())
 			}
 			if took < 2*time.Second {
-				t.Errorf("expected the leftover to get the whole 2s grace period, fief exited after %v\n%s", took, p.describe())
+				t.Errorf("expected the leftover to get the whole 2s grace period, but fief exited after %v\n%s", took, p.describe())
 			}
 		})
 	}
 }
 
-// With --log-level debug or --no-waiter fief waits itself instead of
-// running the waiter: signals still reach CMD, through the handler of
-// init/forward_amd64.s on amd64, and the debug log tells how CMD ended.
+// With --log-level debug or --no-waiter, fief waits for CMD itself instead of
+// running the waiter. It forwards signals to CMD (on amd64 through the handler
+// in init/forward_amd64.s), and the debug log records how CMD ended.
 func TestContainerInitGoLoop(t *testing.T) {
 	t.Parallel()
 	fief := containerFief(t)
@@ -251,17 +261,20 @@ func TestContainerInitGoLoop(t *testing.T) {
 
 			argv := append(slices.Clone(mode.flags), "--", perl, script, record)
 			p := containerStart(t, filepath.Join(dir, "fief.log"), exec.Command(fief, argv...))
+
 			lines := func() []string {
 				data, _ := os.ReadFile(record)
 				return strings.Fields(string(data))
 			}
 			want := []string{"ready"}
 			if !containerPoll(5*time.Second, func() bool { return slices.Equal(lines(), want) }) {
-				t.Fatalf("expected the signal recorder to start within 5s, it recorded %q\n%s", lines(), p.describe())
+				t.Fatalf("timed out after 5s waiting for the signal recorder to start, it recorded %q\n%s", lines(), p.describe())
 			}
+
 			if threads := containerStatusField(p.pid(), "Threads"); threads == "1" {
-				t.Errorf("expected fief to wait itself with %v, but it has one thread like the waiter", mode.flags)
+				t.Errorf("expected fief to wait for CMD itself with %v, but it has one thread like the waiter", mode.flags)
 			}
+
 			for _, sig := range []syscall.Signal{syscall.SIGUSR1, syscall.SIGHUP, syscall.SIGTERM} {
 				if err := syscall.Kill(p.pid(), sig); err != nil {
 					t.Fatalf("sending %v to fief: %v", sig, err)
@@ -271,12 +284,16 @@ func TestContainerInitGoLoop(t *testing.T) {
 					t.Fatalf("expected CMD to record %q, it recorded %q\n%s", want, lines(), p.describe())
 				}
 			}
+
 			code, exited := p.wait(5 * time.Second)
-			if !exited || code != 0 {
-				t.Fatalf("expected fief to exit 0 after CMD's exit on SIGTERM, exited %v with %d\n%s", exited, code, p.describe())
+			if !exited {
+				t.Fatalf("timed out after 5s waiting for fief to exit after CMD's exit on SIGTERM\n%s", p.describe())
+			}
+			if code != 0 {
+				t.Errorf("expected exit code 0 after CMD's exit on SIGTERM, got %d\n%s", code, p.describe())
 			}
 			if mode.debug && !strings.Contains(p.output(), "command exited") {
-				t.Errorf("expected the debug log to tell that the command exited, got:\n%s", p.output())
+				t.Errorf("expected the debug log to contain \"command exited\", got:\n%s", p.output())
 			}
 		})
 	}
