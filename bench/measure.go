@@ -399,8 +399,8 @@ func (r *sideRun) stopOne(ctx context.Context, v *vassal, run int, measured bool
 	return nil
 }
 
-// manySettle is how long after the many-vassal start the emperor's memory
-// is sampled a second time.
+// manySettle is the delay between the first and the second sample of the
+// emperor's memory after the many-vassal start.
 const manySettle = 3 * time.Second
 
 // measureMany starts cfg.vassals vassals at once in the empty directory,
@@ -442,9 +442,10 @@ func (r *sideRun) measureMany(ctx context.Context, run int) error {
 		r.record(metricManyStart, run, time.Since(start).Seconds())
 		r.recordMemory(r.emp.pid, run, metricManyEmperorRSS, metricManyAnon, metricManyPSS)
 
-		// fief's emperor returns freed memory once it has seen no spawn,
-		// exit or file event for 2 s; the second sample, taken for both
-		// emperors, shows what it keeps while the vassals run.
+		// fief's emperor returns freed memory to the kernel after 2 s without
+		// a spawn, exit or file event (settleDelay in emperor/emperor.go).
+		// The second sample, taken for both emperors, shows what each keeps
+		// while the vassals run.
 		if err := sleep(ctx, manySettle); err != nil {
 			return err
 		}
