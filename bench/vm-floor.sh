@@ -1,19 +1,21 @@
 #!/bin/sh
 # Measures the floor under fief init's boot times in QEMU (TCG), with the
-# kernel and QEMU settings of bench/vm.sh, three boots each (median):
+# kernel and QEMU settings of bench/vm.sh. It prints the median of three
+# boots (FIEF_VM_FLOOR_RUNS) for each of these times:
 #
-#   C exec-to-main:   from the kernel's exec of /init to main of a static C
-#                     program (bench/vmfloor/floor.c);
-#   Go exec-to-main:  the same for a static Go program that imports only
-#                     syscall, strconv and strings (bench/vmfloor/goinit);
-#   C system work:    the system calls fief init makes before its first
-#                     vassal (mounts, lo, inotify, one console line, reading
-#                     the vassal files, a fork and exec into new mount and
-#                     pid namespaces), made by floor.c with no other work.
+#   C exec-to-main:   The time from the kernel's exec of /init to main of a
+#                     static C program (bench/vmfloor/floor.c).
+#   Go exec-to-main:  The same for a static Go program that imports only
+#                     syscall, strconv and strings (bench/vmfloor/goinit).
+#   C system work:    The time floor.c takes for the system calls that fief
+#                     init makes before its first vassal, with no other work.
+#                     These are the mounts, bringing up lo, inotify, one
+#                     console line, reading the vassal files, and a fork and
+#                     exec into new mount and pid namespaces.
 #
-# Needs root, qemu-system-x86_64, a C compiler with a static libc (gcc,
-# libc6-dev), xz and the kernel that bench/vm.sh uses; run after make build
-# (fief writes the initramfs).
+# Needs root, qemu-system-x86_64, Go, a C compiler with a static libc (gcc,
+# libc6-dev), xz and the kernel that bench/vm.sh uses. Run it after make
+# build, because fief writes the initramfs.
 set -eu
 
 runs=${FIEF_VM_FLOOR_RUNS:-3}
@@ -21,13 +23,13 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 fief=$here/fief
 cache=/var/cache/fief-test
 
-[ "$(id -u)" = 0 ] || { echo "bench/vm-floor.sh: run as root" >&2; exit 1; }
-[ -x "$fief" ] || { echo "bench/vm-floor.sh: $fief is missing; run make build" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "bench/vm-floor.sh: must run as root" >&2; exit 1; }
+[ -x "$fief" ] || { echo "bench/vm-floor.sh: $fief not found: run make build first" >&2; exit 1; }
 for tool in qemu-system-x86_64 cc go; do
-	command -v "$tool" >/dev/null || { echo "bench/vm-floor.sh: $tool is missing" >&2; exit 1; }
+	command -v "$tool" >/dev/null || { echo "bench/vm-floor.sh: $tool not found: install it" >&2; exit 1; }
 done
 vmlinux=$(ls -1 "$cache"/vmlinux-* 2>/dev/null | head -n 1 || true)
-[ -n "$vmlinux" ] || { echo "bench/vm-floor.sh: no kernel in $cache; run bench/vm.sh once first" >&2; exit 1; }
+[ -n "$vmlinux" ] || { echo "bench/vm-floor.sh: no vmlinux-* kernel found in $cache: run bench/vm.sh once first" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/fief-vm-floor.XXXXXX)
 trap 'rm -rf "$work"' EXIT INT TERM
@@ -38,7 +40,8 @@ echo "exec = /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www" > "$work/app.ini"
 "$fief" mkinitramfs -o "$work/c.cpio" --init "$work/floor-c" --vassal "$work/app.ini" >/dev/null
 "$fief" mkinitramfs -o "$work/go.cpio" --init "$work/floor-go" >/dev/null
 
-# boot INITRD [PARAMETER...] prints the floor: lines of one boot.
+# boot INITRD [PARAMETER...] boots INITRD once, with the kernel parameters
+# PARAMETER, and prints the console's "floor: " lines.
 boot() {
 	initrd=$1
 	shift
@@ -46,9 +49,10 @@ boot() {
 		-kernel "$vmlinux" -initrd "$initrd" \
 		-append "console=ttyS0 panic=-1 quiet $*" \
 		-device isa-debug-exit,iobase=0xf4,iosize=0x04 > "$work/console" 2>&1 || true
-	# The first line may follow the firmware's text on the same line.
+	# grep -o, because the first line may follow the firmware's text on the
+	# same console line.
 	if ! grep -ao 'floor: .*' "$work/console" | tr -d '\r' > "$work/lines"; then
-		echo "bench/vm-floor.sh: the boot printed no floor: line; console:" >&2
+		echo "bench/vm-floor.sh: no \"floor: \" line found on the console of $initrd:" >&2
 		cat "$work/console" >&2
 		exit 1
 	fi
@@ -67,12 +71,26 @@ while [ "$i" -le "$runs" ]; do
 done
 
 echo "floor under fief init in QEMU (tcg, $(basename "$vmlinux"), median of $runs boots)"
-# Lines read "PROGRAM WHAT [STEP] VALUE ms"; the key is all but the value.
-awk '{ key = $1; for (f = 2; f < NF - 1; f++) key = key " " $f; values[key] = values[key] " " $(NF - 1); order[key] = ++n }
+# Lines read "PROGRAM WHAT [STEP] VALUE ms", and the key is all but the value.
+awk '{
+	key = $1
+	for (f = 2; f < NF - 1; f++)
+		key = key " " $f
+	values[key] = values[key] " " $(NF - 1)
+}
 END {
 	for (key in values) {
 		count = split(values[key], v, " ")
-		for (a = 1; a <= count; a++) for (b = a + 1; b <= count; b++) if (v[b] + 0 < v[a] + 0) { t = v[a]; v[a] = v[b]; v[b] = t }
+		# Sort the few values numerically in place.
+		for (a = 1; a <= count; a++) {
+			for (b = a + 1; b <= count; b++) {
+				if (v[b] + 0 < v[a] + 0) {
+					t = v[a]
+					v[a] = v[b]
+					v[b] = t
+				}
+			}
+		}
 		median = count % 2 ? v[(count + 1) / 2] : (v[count / 2] + v[count / 2 + 1]) / 2
 		printf "%-32s %8.2f ms  (%s )\n", key, median, values[key]
 	}
