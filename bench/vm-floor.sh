@@ -6,7 +6,8 @@
 #   C exec-to-main:   The time from the kernel's exec of /init to main of a
 #                     static C program (bench/vmfloor/floor.c).
 #   Go exec-to-main:  The same for a static Go program that imports only
-#                     syscall, strconv and strings (bench/vmfloor/goinit).
+#                     syscall, strconv, strings and unsafe
+#                     (bench/vmfloor/goinit).
 #   C system work:    The time floor.c takes for the system calls that fief
 #                     init makes before its first vassal, with no other work.
 #                     These are the mounts, bringing up lo, inotify, one

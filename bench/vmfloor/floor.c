@@ -1,16 +1,18 @@
-// floor.c is the /init of the floor measurement in bench/vm-floor.sh. It is
-// a static C program that does what fief init does before its first
-// vassal, with as little code of its own as possible, so its times are what
-// the kernel and QEMU charge for that work.
+// floor.c is the /init of the floor measurement in bench/vm-floor.sh. This
+// static C program makes the system calls that fief init makes before its
+// first vassal, with as little code of its own as possible. Its times are
+// then what the kernel and QEMU charge for that work.
 //
 // By default it reports when main started (see report_main_start). With
 // FLOOR_MODE=system on the kernel command line, which the kernel passes to
-// /init as an environment variable, it instead leaves the initramfs,
-// mounts what fief init mounts, reads /proc/cmdline, turns ctrl-alt-del
-// off, brings lo up with an RTM_NEWLINK request, watches /etc/fief/vassals with
-// inotify, writes one console line, reads every vassal file and forks and
-// execs itself into new mount and pid namespaces, printing each step's
-// CLOCK_MONOTONIC duration. It ends QEMU through isa-debug-exit at 0xf4.
+// /init as an environment variable, it runs do_system_work instead and
+// prints each step's CLOCK_MONOTONIC duration. The steps leave the initramfs,
+// mount what fief init mounts, read /proc/cmdline, make ctrl-alt-del send
+// SIGINT to pid 1, bring lo up with an RTM_NEWLINK request, watch
+// /etc/fief/vassals with inotify, write one console line, read every vassal
+// file, and fork and exec into new mount and pid namespaces.
+//
+// It ends QEMU through the isa-debug-exit device at I/O port 0xf4.
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -54,8 +56,8 @@ static void step(const char *name)
 	step_start = now;
 }
 
-// mount_early mounts like fief init's mountEarly: it creates the target,
-// skips a mount point and mounts.
+// mount_early mounts like fief init's mountEarly: it creates the target and
+// mounts on it unless something is already mounted there.
 static void mount_early(const char *source, const char *target, const char *fstype,
 			unsigned long flags, const char *data, mode_t mode)
 {
@@ -221,7 +223,7 @@ static void report_main_start(long long main_ns)
 			calibrate_us = stamp;
 	}
 	if (run_init_us < 0 || calibrate_us < 0) {
-		dprintf(2, "floor: the kernel log lacks the Run /init line or the calibration message\n");
+		dprintf(2, "floor: the \"Run /init as init process\" line or the floor-calibrate message not found in /dev/kmsg\n");
 		return;
 	}
 	long long offset_us = calibrate_us - calibrate_mono_us;

@@ -1,8 +1,8 @@
 // Command goinit is the /init of the Go floor measurement in
-// bench/vm-floor.sh: a static Go program that only imports syscall,
-// strconv and strings. It reports how long the kernel's exec of /init and
-// the Go runtime's start took until main ran, the same way as floor.c,
-// and ends QEMU through isa-debug-exit at port 0xf4.
+// bench/vm-floor.sh, a static Go program that imports only syscall, strconv,
+// strings and unsafe. Like floor.c, it reports the time from the kernel's
+// exec of /init to main, which includes the Go runtime's start. It ends QEMU
+// through the isa-debug-exit device at I/O port 0xf4.
 package main
 
 import (
@@ -13,7 +13,8 @@ import (
 )
 
 // monotonicNanoseconds reads CLOCK_MONOTONIC (clock id 1), which package
-// syscall does not wrap; package time would add its own start-up work.
+// syscall does not wrap. Package time is not used because it would add its
+// own start-up work.
 func monotonicNanoseconds() int64 {
 	var ts syscall.Timespec
 	_, _, _ = syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1, uintptr(unsafe.Pointer(&ts)), 0)
@@ -72,18 +73,19 @@ func reportMainStart(mainStart int64) {
 			runInit = stamp
 		case strings.HasPrefix(text, "floor-calibrate "):
 			value := strings.TrimSpace(strings.TrimPrefix(text, "floor-calibrate "))
-			if mono, err := strconv.ParseInt(value, 10, 64); err == nil {
-				calibrate, calibrateMonotonic = stamp, mono
+			monotonic, err := strconv.ParseInt(value, 10, 64)
+			if err == nil {
+				calibrate, calibrateMonotonic = stamp, monotonic
 			}
 		}
 	}
 	if runInit < 0 || calibrate < 0 {
-		printError("the kernel log lacks the Run /init line or the calibration message")
+		printError(`the "Run /init as init process" line or the floor-calibrate message not found in /dev/kmsg`)
 		return
 	}
 	offset := calibrate - calibrateMonotonic
-	micros := mainStart/1000 + offset - runInit
-	line := "floor: exec-to-main " + strconv.FormatFloat(float64(micros)/1000, 'f', 2, 64) + " ms\n"
+	microseconds := mainStart/1000 + offset - runInit
+	line := "floor: exec-to-main " + strconv.FormatFloat(float64(microseconds)/1000, 'f', 2, 64) + " ms\n"
 	_, _ = syscall.Write(2, []byte(line))
 }
 
