@@ -6,11 +6,12 @@
 // By default it reports when main started (see report_main_start). With
 // FLOOR_MODE=system on the kernel command line, which the kernel passes to
 // /init as an environment variable, it runs do_system_work instead and
-// prints each step's CLOCK_MONOTONIC duration. The steps leave the initramfs,
-// mount what fief init mounts, read /proc/cmdline, make ctrl-alt-del send
-// SIGINT to pid 1, bring lo up with an RTM_NEWLINK request, watch
-// /etc/fief/vassals with inotify, write one console line, read every vassal
-// file, and fork and exec into new mount and pid namespaces.
+// prints each step's CLOCK_MONOTONIC duration. The first steps leave the
+// initramfs, mount what fief init mounts, read /proc/cmdline and make
+// ctrl-alt-del send SIGINT to pid 1. The next ones bring lo up with an
+// RTM_NEWLINK request, watch /etc/fief/vassals with inotify, write one console
+// line, read every vassal file, and fork and exec into new mount and pid
+// namespaces.
 //
 // It ends QEMU through the isa-debug-exit device at I/O port 0xf4.
 #define _GNU_SOURCE
