@@ -331,8 +331,8 @@ type vmKeys struct {
 	keys  string // a key name of the monitor's sendkey command, e.g. ctrl-alt-delete
 }
 
-// bootVMWithKeys is bootVM with a monitor on a unix socket; when keys is
-// not nil, keys.keys is sent once the console shows keys.after.
+// bootVMWithKeys is bootVM that, unless keys is nil, also opens QEMU's
+// monitor on a unix socket and sends keys.keys once the console shows keys.after.
 func bootVMWithKeys(t *testing.T, kernel vmKernel, initrd string, timeout time.Duration, keys *vmKeys, params ...string) vmResult {
 	t.Helper()
 	cmdline := append([]string{"console=ttyS0", "panic=-1", "quiet", "fief.exit-port=" + vmExitPort}, params...)
@@ -427,17 +427,17 @@ func (c *consoleWatch) String() string {
 }
 
 // sendMonitorKeys types keys on the guest through QEMU's human monitor at
-// socket. A failure is only logged: the guest then does not react, and the
-// test fails on that.
+// socket. It only logs a failure, because the guest then does not react and
+// the test fails on that.
 func sendMonitorKeys(t *testing.T, socket, keys string) {
 	conn, err := net.Dial("unix", socket)
 	if err != nil {
-		t.Logf("connecting to the QEMU monitor %s: %v", socket, err)
+		t.Logf("connecting to the QEMU monitor at %s failed: %v", socket, err)
 		return
 	}
 	defer conn.Close()
 	if _, err := fmt.Fprintf(conn, "sendkey %s\n", keys); err != nil {
-		t.Logf("sending %q to the QEMU monitor: %v", keys, err)
+		t.Logf("sending %q to the QEMU monitor failed: %v", keys, err)
 		return
 	}
 	// The monitor prints a prompt after its greeting and another after each
@@ -450,7 +450,7 @@ func sendMonitorKeys(t *testing.T, socket, keys string) {
 		n, err := conn.Read(chunk)
 		reply = append(reply, chunk[:n]...)
 		if err != nil {
-			t.Logf("reading the QEMU monitor's reply to %q: %v (so far: %q)", keys, err, reply)
+			t.Logf("reading the QEMU monitor's reply to %q failed: %v (received so far: %q)", keys, err, reply)
 			return
 		}
 	}

@@ -251,8 +251,8 @@ func TestVMVassalPivotRoot(t *testing.T) {
 	}
 }
 
-// waitForCtrlAltDel announces that it is ready and sleeps until fief init
-// stops it.
+// waitForCtrlAltDel is a guest command that prints a ready line and sleeps
+// until fief init stops it.
 const waitForCtrlAltDel = `#!/bin/busybox sh
 echo "check: waiting for ctrl-alt-del"
 exec /bin/busybox sleep 600
@@ -270,9 +270,10 @@ func TestVMCtrlAltDelShutsDown(t *testing.T) {
 
 	keys := &vmKeys{after: "check: waiting for ctrl-alt-del", keys: "ctrl-alt-delete"}
 	result := bootVMWithKeys(t, kernel, initrd, vmBootTimeout, keys, "fief.exec=/wait.sh")
+
 	// 128 + SIGTERM: the sleep died of the SIGTERM fief sent it.
 	requireCleanExit(t, result, 143)
 	if !strings.Contains(result.console, "signal=SIGINT") {
-		t.Errorf("expected fief init to log that SIGINT stopped the command\n%s", result.describe())
+		t.Errorf("expected fief init to log signal=SIGINT as the reason it stopped the command\n%s", result.describe())
 	}
 }
