@@ -150,7 +150,7 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 		})
 	}
 	e.spawner = newSpawner(e.reaper)
-	e.statusReader, err = newStatusReader()
+	e.statusReader, err = newStatusReader(log)
 	if err != nil {
 		return err
 	}
