@@ -21,8 +21,8 @@ var (
 // which setresuid and setresgid read as "leave unchanged".
 const maxID = 1<<32 - 2
 
-// Credentials is who a program runs as: a vassal's program and as-user
-// commands, and the program of fief exec-as-user.
+// Credentials is the user and groups that a program runs as. Vassals use it
+// for their program and as-user commands, and fief exec-as-user for its program.
 type Credentials struct {
 	UID, GID uint32
 	Groups   []uint32 // supplementary groups without duplicates, which may include GID
