@@ -183,6 +183,7 @@ func TestParseSmapsSample(t *testing.T) {
 	if len(mappings) != 9 {
 		t.Fatalf("parsed %d mappings, want 9:\n%s", len(mappings), describe(mappings))
 	}
+
 	text := mappings[0]
 	if text.Start != 0x400000 || text.End != 0x560000 {
 		t.Errorf("text range = %x-%x, want 400000-560000", text.Start, text.End)
@@ -202,6 +203,7 @@ func TestParseSmapsSample(t *testing.T) {
 	if text.Rss != 1344*1024 {
 		t.Errorf("text Rss = %d, want %d", text.Rss, 1344*1024)
 	}
+
 	if mappings[2].Anonymous != 24*1024 {
 		t.Errorf("data Anonymous = %d, want %d", mappings[2].Anonymous, 24*1024)
 	}
