@@ -30,10 +30,10 @@ type Options struct {
 	// NoNewPrivs sets PR_SET_NO_NEW_PRIVS, so setuid binaries and file
 	// capabilities cannot raise the program's privileges again.
 	NoNewPrivs bool
-	// ThreadLocked tells that the calling goroutine already stays on its
+	// ThreadLocked reports that the calling goroutine already stays on its
 	// thread, as the main goroutine does while package init functions
-	// run. ExecAsUser then does not call runtime.LockOSThread, whose first
-	// call starts a thread of the runtime that execve would only end.
+	// run. Exec then does not call runtime.LockOSThread, whose first call
+	// starts a runtime thread that execve would only end.
 	ThreadLocked bool
 }
 
@@ -51,8 +51,8 @@ func Exec(spec string, argv []string, opts Options) error {
 	if err != nil {
 		return &ExecError{Code: ExitUserError, Err: wrap("switching to "+strconv.Quote(spec), err)}
 	}
-	// gosu's supplementary groups: the memberships in the group file,
-	// without the primary gid, and none at all for USER:GROUP.
+	// gosu sets the memberships in the group file without the primary gid
+	// as supplementary groups, and none for USER:GROUP.
 	// ResolveCredentials puts the primary gid first.
 	switch {
 	case group != "":
@@ -78,7 +78,7 @@ func Exec(spec string, argv []string, opts Options) error {
 	}
 
 	// The credentials and no_new_privs are set on this thread only, and
-	// this thread calls execve: the new program gets the calling thread's
+	// this thread calls execve. The new program gets the calling thread's
 	// credentials, and execve ends every other thread. One thread's calls
 	// are also cheaper than changing every thread of the runtime.
 	if !opts.ThreadLocked {
@@ -102,8 +102,8 @@ func Exec(spec string, argv []string, opts Options) error {
 }
 
 // switchUser sets the supplementary groups, the gid and the uid, in that
-// order, on the calling thread only, with raw system calls: the setters of
-// package syscall would change every thread. The caller must hold the thread
+// order, on the calling thread only, with raw system calls, because the
+// setters of package syscall would change every thread. The caller must hold the thread
 // locked and exec from it.
 func switchUser(creds *Credentials) error {
 	if os.Geteuid() != 0 {

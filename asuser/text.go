@@ -38,8 +38,8 @@ func split(s string, sep byte) iter.Seq[string] {
 	}
 }
 
-// lines yields the lines of s without their line ends ("\n", "\r\n" and
-// any further trailing "\r" or "\n").
+// lines yields the lines of s without their ends: "\n" and any "\r"
+// before it are removed.
 func lines(s string) iter.Seq[string] {
 	return func(yield func(string) bool) {
 		for s != "" {
@@ -55,7 +55,7 @@ func lines(s string) iter.Seq[string] {
 	}
 }
 
-// isBlank reports whether s holds only ASCII white space.
+// isBlank reports whether s contains only ASCII white space.
 func isBlank(s string) bool {
 	for i := 0; i < len(s); i++ {
 		switch s[i] {

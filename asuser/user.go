@@ -21,8 +21,8 @@ var (
 // which setresuid and setresgid read as "leave unchanged".
 const maxID = 1<<32 - 2
 
-// Credentials is who a program runs as: a vassal's program and as-user
-// commands, and the program of fief exec-as-user.
+// Credentials is the user and groups that a program runs as. Vassals use it
+// for their program and as-user commands, and fief exec-as-user for its program.
 type Credentials struct {
 	UID, GID uint32
 	Groups   []uint32 // supplementary groups without duplicates, which may include GID
@@ -189,7 +189,7 @@ func resolveGroup(groupPath, group string) (uint32, error) {
 }
 
 // readPasswdFile returns the valid lines "name:password:uid:gid:gecos:home:shell"
-// of path, parsed one at a time: the entries share the file's text, so a
+// of path, parsed one at a time. The entries share the file's text, so a
 // lookup allocates little beyond the file itself.
 func readPasswdFile(path string) (iter.Seq[passwdEntry], error) {
 	lines, err := readDatabaseLines(path)
@@ -215,8 +215,8 @@ func readPasswdFile(path string) (iter.Seq[passwdEntry], error) {
 }
 
 // readGroupFile returns the valid lines "name:password:gid:member,member"
-// of path, parsed one at a time like readPasswdFile's. members is the list
-// as written; groupEntry.hasMember splits it.
+// of path, parsed one at a time like readPasswdFile's. The members field
+// is the list as written, and groupEntry.hasMember splits it.
 func readGroupFile(path string) (iter.Seq[groupEntry], error) {
 	lines, err := readDatabaseLines(path)
 	if err != nil {
@@ -276,8 +276,8 @@ func readDatabaseLines(path string) (iter.Seq[string], error) {
 	text := string(data)
 	return func(yield func(string) bool) {
 		for line := range lines(text) {
-			// A line of white space has no ":", so the fields would
-			// reject it too; this only says so early.
+			// A line of white space has no ":", so splitDatabaseFields
+			// would reject it too. This check only skips it earlier.
 			if isBlank(line) || line[0] == '#' {
 				continue
 			}
@@ -347,9 +347,9 @@ func isDigits(s string) bool {
 	return true
 }
 
-// This package formats its errors without fmt: fmt's initialization, and
-// that of the packages it needs, is part of what the early start of
-// exec-as-user (fast.go) skips. wrap is fmt.Errorf("MSG: %w", err).
+// wrap is fmt.Errorf("MSG: %w", err). This package formats its errors
+// without fmt because the early start of exec-as-user (package
+// fief/asuser/fastpath) skips the initialization of fmt and its imports.
 func wrap(msg string, err error) error { return &wrapError{msg: msg, err: err} }
 
 type wrapError struct {
@@ -360,8 +360,8 @@ type wrapError struct {
 func (e *wrapError) Error() string { return e.msg + ": " + e.err.Error() }
 func (e *wrapError) Unwrap() error { return e.err }
 
-// lookupError is a name that the passwd or group file does not have:
-// fmt.Errorf("%w %q: %w"+hint, kind, name, err) when err is set, else
+// lookupError is a name not found in the passwd or group file. Its message
+// is fmt.Errorf("%w %q: %w"+hint, kind, name, err) when err is set, else
 // fmt.Errorf("%w %q: "+hint, kind, name).
 type lookupError struct {
 	kind error

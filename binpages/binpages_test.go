@@ -65,8 +65,8 @@ func readMappings(t *testing.T, mappings []Mapping) [][sha256.Size]byte {
 	}
 	defer mem.Close()
 
-	// One small buffer: allocating the whole mappings would start a
-	// garbage collection, whose code faults pages back in during the test.
+	// A single small buffer, because allocating the whole mappings would
+	// start a garbage collection, whose code faults pages back in.
 	buf := make([]byte, 64*1024)
 	sums := make([][sha256.Size]byte, 0, len(mappings))
 	for _, m := range mappings {
@@ -183,24 +183,38 @@ func TestParseSmapsSample(t *testing.T) {
 	if len(mappings) != 9 {
 		t.Fatalf("parsed %d mappings, want 9:\n%s", len(mappings), describe(mappings))
 	}
+
 	text := mappings[0]
 	if text.Start != 0x400000 || text.End != 0x560000 {
 		t.Errorf("text range = %x-%x, want 400000-560000", text.Start, text.End)
 	}
-	if text.Perms != "r-xp" || text.Device != "fe:01" || text.Inode != 1311 || text.Path != "/usr/local/bin/fief" {
-		t.Errorf("text mapping = %+v", text)
+	if text.Perms != "r-xp" {
+		t.Errorf("text Perms = %q, want %q", text.Perms, "r-xp")
+	}
+	if text.Device != "fe:01" {
+		t.Errorf("text Device = %q, want %q", text.Device, "fe:01")
+	}
+	if text.Inode != 1311 {
+		t.Errorf("text Inode = %d, want 1311", text.Inode)
+	}
+	if text.Path != "/usr/local/bin/fief" {
+		t.Errorf("text Path = %q, want %q", text.Path, "/usr/local/bin/fief")
 	}
 	if text.Rss != 1344*1024 {
 		t.Errorf("text Rss = %d, want %d", text.Rss, 1344*1024)
 	}
+
 	if mappings[2].Anonymous != 24*1024 {
 		t.Errorf("data Anonymous = %d, want %d", mappings[2].Anonymous, 24*1024)
 	}
 	if mappings[4].Path != "/usr/lib/other file.so" {
-		t.Errorf("path with a space = %q", mappings[4].Path)
+		t.Errorf("path with a space = %q, want %q", mappings[4].Path, "/usr/lib/other file.so")
 	}
-	if mappings[3].Path != "" || mappings[3].Inode != 0 {
-		t.Errorf("anonymous mapping = %+v, want no path and inode 0", mappings[3])
+	if mappings[3].Path != "" {
+		t.Errorf("anonymous mapping Path = %q, want none", mappings[3].Path)
+	}
+	if mappings[3].Inode != 0 {
+		t.Errorf("anonymous mapping Inode = %d, want 0", mappings[3].Inode)
 	}
 }
 
@@ -235,10 +249,10 @@ func TestSelectBinaryAddressNotInFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := selectBinary(mappings, 0x703000); err == nil || !strings.Contains(err.Error(), "not backed by a file") {
-		t.Errorf("address in an anonymous mapping: err = %v, want one that says it is not backed by a file", err)
+		t.Errorf("address in an anonymous mapping: err = %v, want an error containing %q", err, "not backed by a file")
 	}
 	if _, err := selectBinary(mappings, 0x100); err == nil || !strings.Contains(err.Error(), "no mapping contains it") {
-		t.Errorf("address in no mapping: err = %v, want one that says no mapping contains it", err)
+		t.Errorf("address in no mapping: err = %v, want an error containing %q", err, "no mapping contains it")
 	}
 }
 
@@ -257,13 +271,13 @@ func TestParseSmapsInvalid(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseSmaps(bytes.NewBufferString(tc.text))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("err = %v, want one containing %q", err, tc.want)
+				t.Errorf("err = %v, want an error containing %q", err, tc.want)
 			}
 		})
 	}
 }
 
-// TestParseSmapsAllocationsPerMapping counts heap allocations, not time: the
+// TestParseSmapsAllocationsPerMapping counts heap allocations, not time. The
 // key lines, about 25 per mapping, must not allocate, so the count grows with
 // the mappings and not with the lines.
 func TestParseSmapsAllocationsPerMapping(t *testing.T) {

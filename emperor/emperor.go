@@ -67,9 +67,9 @@ type Options struct {
 	OnSpawn func(name string, pid int)
 	// OnFirstScan, when set, is called once, on the emperor's goroutine,
 	// when every vassal file of the first scan of the directory has had its
-	// first start: its init spawned, its spawn failed, or the file found
-	// invalid. It is not called when Run fails before that scan, and it
-	// must not block.
+	// first start, meaning its init was spawned, its spawn failed or the
+	// file was found invalid. It is not called when Run fails before that
+	// scan, and it must not block.
 	OnFirstScan func()
 }
 
@@ -150,7 +150,7 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 		})
 	}
 	e.spawner = newSpawner(e.reaper)
-	e.statusReader, err = newStatusReader()
+	e.statusReader, err = newStatusReader(log)
 	if err != nil {
 		return err
 	}
@@ -170,8 +170,8 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 	started := time.Now()
 
 	// The first scan's vassals start before the status socket is served
-	// and before the loop runs: their spawns need neither, and a booting
-	// VM waits for them. Signals and inotify events queue meanwhile.
+	// and before the loop runs, because their spawns need neither and a
+	// booting VM waits for them. Signals and inotify events queue meanwhile.
 	var firstStarts sync.WaitGroup
 	e.firstStarts = &firstStarts
 	e.rescan(false)

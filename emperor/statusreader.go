@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 
@@ -22,6 +23,7 @@ const maxStatusLine = 64 * 1024
 type statusReader struct {
 	epfd   int
 	stopFD int // an eventfd that ends the loop when written
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	streams map[int]*statusStream // by the read end's descriptor
@@ -39,7 +41,7 @@ type statusStream struct {
 	skipping bool
 }
 
-func newStatusReader() (*statusReader, error) {
+func newStatusReader(log *slog.Logger) (*statusReader, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("creating the epoll instance of the status pipes: %w", err)
@@ -55,7 +57,7 @@ func newStatusReader() (*statusReader, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("watching the stop eventfd of the status pipes: %w", err)
 	}
-	r := &statusReader{epfd: epfd, stopFD: stopFD, streams: make(map[int]*statusStream), done: make(chan struct{})}
+	r := &statusReader{epfd: epfd, stopFD: stopFD, log: log, streams: make(map[int]*statusStream), done: make(chan struct{})}
 	go r.loop()
 	return r, nil
 }
@@ -105,6 +107,7 @@ func (r *statusReader) loop() {
 			continue
 		}
 		if err != nil {
+			r.log.Error("waiting for status pipe events failed, so no vassal status is read until the emperor restarts", "pid", os.Getpid(), "err", err)
 			return
 		}
 		for _, event := range events[:n] {
@@ -122,7 +125,7 @@ func (r *statusReader) loop() {
 	}
 }
 
-// drain reads what the pipe holds and handles each complete line. It
+// drain reads what the pipe contains and handles each complete line. It
 // returns false once the write end is closed or the read fails.
 func (st *statusStream) drain(buf []byte) bool {
 	for {

@@ -58,7 +58,7 @@ func waitForgotten(t *testing.T, reader *statusReader) {
 }
 
 func TestStatusReaderSplitLines(t *testing.T) {
-	reader, err := newStatusReader()
+	reader, err := newStatusReader(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("newStatusReader: %v", err)
 	}
@@ -95,7 +95,7 @@ func TestStatusReaderSplitLines(t *testing.T) {
 }
 
 func TestStatusReaderDropsLongLine(t *testing.T) {
-	reader, err := newStatusReader()
+	reader, err := newStatusReader(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("newStatusReader: %v", err)
 	}

@@ -22,7 +22,7 @@ type Control struct {
 }
 
 // controlMagic is the f_type that statfs(2) returns for the FUSE control
-// filesystem (fusectl), as `stat -f` shows on Linux 6.18.
+// filesystem (fusectl), FUSECTL_SUPER_MAGIC in Linux's linux/magic.h.
 const controlMagic = 0x65735543
 
 // OpenControl opens the FUSE control filesystem on ConnectionsDir, mounting

@@ -8,9 +8,9 @@ import (
 	"path/filepath"
 )
 
-// Finder looks up one mount point in a mountinfo file again and again. It
-// keeps its read buffer between calls and parses only the matching line, so
-// a check that runs every second leaves almost no garbage. Parsing the whole
+// Finder repeatedly looks up a mount point in a mountinfo file. It keeps its
+// read buffer between calls and parses only the matching line, so a check
+// that runs every second leaves almost no garbage. Parsing the whole
 // table with [ParseMountinfo] allocates for every line, each time.
 //
 // A Finder is not safe for concurrent use.

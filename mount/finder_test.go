@@ -19,8 +19,12 @@ func TestFinderMatchesFind(t *testing.T) {
 			t.Errorf("Find(%q): %v", path, err)
 			continue
 		}
-		if !ok || !wantOK {
-			t.Errorf("Find(%q) found = %v, want %v", path, ok, wantOK)
+		if !wantOK {
+			t.Errorf("Find(infos, %q) found no mount in the sample, want one", path)
+			continue
+		}
+		if !ok {
+			t.Errorf("Find(%q) found no mount, want %+v", path, want)
 			continue
 		}
 		if !reflect.DeepEqual(got, want) {
@@ -32,8 +36,11 @@ func TestFinderMatchesFind(t *testing.T) {
 func TestFinderStackedMountIsLast(t *testing.T) {
 	var finder Finder
 	info, ok, err := finder.Find(strings.NewReader(sampleMountinfo), "/run")
-	if err != nil || !ok {
-		t.Fatalf("Find(/run) = %v, %v", ok, err)
+	if err != nil {
+		t.Fatalf("Find(/run): %v", err)
+	}
+	if !ok {
+		t.Fatal("Find(/run) found no mount")
 	}
 	if info.ID != 28 {
 		t.Errorf("Find(/run) returned mount %d, want the topmost mount 28", info.ID)
@@ -56,8 +63,11 @@ func TestFinderLargeTableInSmallReads(t *testing.T) {
 	var finder Finder
 	for round := range 2 {
 		info, ok, err := finder.Find(iotest.HalfReader(strings.NewReader(table)), "/srv/app199")
-		if err != nil || !ok {
-			t.Fatalf("round %d: Find(/srv/app199) = %v, %v", round, ok, err)
+		if err != nil {
+			t.Fatalf("round %d: Find(/srv/app199): %v", round, err)
+		}
+		if !ok {
+			t.Fatalf("round %d: Find(/srv/app199) found no mount", round)
 		}
 		if info.ID != 299 {
 			t.Errorf("round %d: Find(/srv/app199) returned mount %d, want 299", round, info.ID)
@@ -76,7 +86,7 @@ func TestFinderInvalidLines(t *testing.T) {
 			var finder Finder
 			_, _, err := finder.Find(strings.NewReader(tc.table), tc.path)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("err = %v, want one containing %q", err, tc.want)
+				t.Errorf("err = %v, want an error containing %q", err, tc.want)
 			}
 		})
 	}
@@ -113,8 +123,8 @@ func largeMountinfo(count int) string {
 	return table.String()
 }
 
-// TestFinderAllocationsIndependentOfSize counts heap allocations, not time:
-// a lookup allocates only for the matched line, so a table of 200 mounts
+// TestFinderAllocationsIndependentOfSize counts heap allocations, not time.
+// A lookup allocates only for the matched line, so a table of 200 mounts
 // costs as many allocations as one of 9.
 func TestFinderAllocationsIndependentOfSize(t *testing.T) {
 	allocations := func(table, path string) float64 {
@@ -122,8 +132,12 @@ func TestFinderAllocationsIndependentOfSize(t *testing.T) {
 		reader := strings.NewReader(table)
 		return testing.AllocsPerRun(20, func() {
 			reader.Reset(table)
-			if _, ok, err := finder.Find(reader, path); err != nil || !ok {
-				t.Fatalf("Find(%q) = %v, %v", path, ok, err)
+			_, ok, err := finder.Find(reader, path)
+			if err != nil {
+				t.Fatalf("Find(%q): %v", path, err)
+			}
+			if !ok {
+				t.Fatalf("Find(%q) found no mount", path)
 			}
 		})
 	}

@@ -125,11 +125,11 @@ func printPhase(w io.Writer, cfg *Config, phase Phase) {
 	}
 }
 
-// describeReload says what a reload runs: it keeps the namespaces and
-// mounts, runs the as-user phase of the file read with if-reload true, and
-// starts the program again; pre-jail, as-root and atexit steps do not run.
-// As-user and program lines that only a first start or only a reload runs
-// are named.
+// describeReload describes what a reload runs. A reload keeps the namespaces
+// and mounts, runs the as-user phase of the file read with if-reload true, and
+// starts the program again. Pre-jail, as-root and atexit steps do not run.
+// The description names the as-user and program lines that only a first
+// start or only a reload runs.
 func describeReload(cfg, reloadCfg *Config) string {
 	startLines := stepLines(cfg)
 	reloadLines := stepLines(reloadCfg)
@@ -170,7 +170,7 @@ func describeReload(cfg, reloadCfg *Config) string {
 }
 
 // stepLines returns the lines of the as-user steps and of the program in
-// cfg: the parts of a vassal that a reload runs again.
+// cfg, which are the parts of a vassal that a reload runs again.
 func stepLines(cfg *Config) map[int]bool {
 	lines := make(map[int]bool)
 	for _, step := range cfg.Steps[PhaseAsUser] {

@@ -59,8 +59,8 @@ func (v *vassalInit) startChecks() (*mountChecks, error) {
 	v.status.set(healthy)
 
 	if len(mc.checks) == 0 {
-		// No goroutine and no ticker: a vassal without checks never
-		// wakes while its program runs.
+		// No goroutine or ticker starts, so a vassal without checks
+		// never wakes while its program runs.
 		return mc, nil
 	}
 	for _, check := range mc.checks {

@@ -162,13 +162,13 @@ var uwsgiKeys = []string{
 // keyTables returns keyTable, which maps every accepted key, aliases
 // included, in "-" spelling to its entry, and keyCandidates, which lists
 // the same keys in the order in which suggestKey prefers them when two are
-// equally close, fief keys first. They are built on first use: commands
+// equally close, fief keys first. They are built on first use, so commands
 // that read no vassal file, such as exec-as-user, do not pay for them.
 var keyTables = sync.OnceValues(buildKeyTable)
 
 func buildKeyTable() (table map[string]keyInfo, candidates []string) {
-	// Sized up front: growing the map rehashes it several times, which
-	// was a measurable share of each vassal init's start-up.
+	// The map is sized up front because growing it rehashes it several
+	// times, which was a measurable share of each vassal init's start-up.
 	size := len(fiefKeys) + len(conditionKeys) + 1 + len(keyAliases()) + len(uwsgiKeys)
 	table = make(map[string]keyInfo, size)
 	candidates = make([]string, 0, size)

@@ -2,8 +2,8 @@ package vassal
 
 import "fief/asuser"
 
-// Credentials is who a vassal's program and as-user commands run as; see
-// [asuser.Credentials].
+// Credentials is the user and groups that a vassal's program and as-user
+// commands run as. See [asuser.Credentials].
 type Credentials = asuser.Credentials
 
 // ErrUnknownUser and ErrUnknownGroup are wrapped by the errors of
@@ -14,7 +14,7 @@ var (
 )
 
 // ResolveCredentials looks user and group up in ROOT/etc/passwd and
-// ROOT/etc/group; see [asuser.ResolveCredentials].
+// ROOT/etc/group. See [asuser.ResolveCredentials].
 func ResolveCredentials(root, user, group string) (*Credentials, error) {
 	return asuser.ResolveCredentials(root, user, group)
 }

@@ -4,12 +4,12 @@
 // A Go program initializes every package it links before main, and fief
 // links many (fmt, reflect, encoding/json, log/slog, the emperor...). This
 // package depends only on os and on fief/asuser, which formats its errors
-// without fmt, so the linker runs its init function right after os's: for
-// the usual command line, `fief exec-as-user [--no-new-privs] USER[:GROUP]
-// CMD [ARG...]`, fief switches users and executes CMD before the other
-// packages' init functions run, and execve makes them moot. Package init
-// functions also run on the main goroutine locked to the main thread, which
-// asuser.Exec needs.
+// without fmt, so the linker runs its init function right after os's.
+// For the usual command line, `fief exec-as-user [--no-new-privs]
+// USER[:GROUP] CMD [ARG...]`, fief then switches users and executes CMD
+// before the other packages' init functions run, and execve makes them
+// moot. Package init functions also run on the main goroutine locked to
+// the main thread, which asuser.Exec needs.
 //
 // Any other command line, such as one with --help or another flag, returns
 // and goes through main's flag parsing as before. main imports this
@@ -38,7 +38,7 @@ func init() {
 	}
 
 	err := asuser.Exec(args[0], args[1:], asuser.Options{NoNewPrivs: noNewPrivs, ThreadLocked: true})
-	// Exec returned, so it failed; report it as main would.
+	// Exec returns only on failure. Report it as main would.
 	os.Stderr.WriteString("fief exec-as-user: " + err.Error() + "\n")
 	code := asuser.ExitUserError
 	var execErr *asuser.ExecError
