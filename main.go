@@ -5,8 +5,8 @@
 // fief sets GOMAXPROCS itself. These settings stop the runtime from
 // following the cgroup CPU limit and from waking an idle process to look for
 // changed limits. The Go 1.26 runtime still reads /proc/self/cgroup and
-// /proc/self/mountinfo once at every start, before main: a perf profile of
-// vassal inits shows it in runtime.defaultGOMAXPROCSInit.
+// /proc/self/mountinfo once at every start, before main. A perf profile of
+// vassal inits shows these reads in runtime.defaultGOMAXPROCSInit.
 //
 //go:debug containermaxprocs=0
 //go:debug updatemaxprocs=0
@@ -44,9 +44,15 @@ const (
 )
 
 func main() {
-	// The container init's waiter runs fief again under this name when
-	// the command left processes behind; signals are ignored until it
-	// takes them, so it goes first.
+	// The container init's waiter runs fief again under this argv[0] when
+	// the command has left processes behind. This check comes first,
+	// because LeftoversMain must replace the Go runtime's signal handlers
+	// as early as possible.
+	//
+	// NOTE: the runtime installs its handlers for SIGTERM and SIGQUIT
+	// before main, although the waiter had set the forwarded signals to
+	// SIG_IGN. One that arrives before LeftoversMain installs its own
+	// handlers still ends fief.
 	if len(os.Args) > 0 && os.Args[0] == initd.LeftoversArg0 {
 		os.Exit(initd.LeftoversMain(os.Args[1:], func(format, level string) *slog.Logger {
 			return vassal.NewLogger(os.Stderr, format, level)
@@ -77,9 +83,9 @@ func main() {
 	if vmInit {
 		procs = 2
 	}
-	// Setting it stops the world, so it is skipped when the count is
-	// right already, as for any command on a machine with one CPU other
-	// than a VM's init, or for the init of a VM with two CPUs.
+	// Setting GOMAXPROCS stops the world, so it is skipped when the count
+	// is already right. That is the case on a machine with one CPU, except
+	// for a VM's init, and for the init of a VM with two CPUs.
 	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) != procs {
 		runtime.GOMAXPROCS(procs)
 	}
@@ -96,14 +102,14 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// fief exec-as-user runs from an init function, before main: package init
-// functions run on the main goroutine locked to the main thread, so the
+// fief exec-as-user runs from an init function, before main. Package init
+// functions run on the main goroutine, locked to the main thread. So the
 // credentials can be changed on that thread and execve called from it
 // without runtime.LockOSThread, whose first call starts a thread of the
 // runtime. It also skips main's GOMAXPROCS change, a stop-the-world that a
-// process about to execve gains nothing from. The usual command line has
-// already been run by package fief/asuser/fastpath, earlier still; this one
-// parses the flags of the others.
+// process about to execve gains nothing from. Package fief/asuser/fastpath
+// runs the usual command lines even earlier. This init function handles
+// the command lines that fastpath leaves, with the full flag parsing.
 func init() {
 	if len(os.Args) > 1 && os.Args[1] == "exec-as-user" {
 		os.Exit(execAsUser(os.Args[2:], os.Stdout, os.Stderr, true))
@@ -268,8 +274,9 @@ func runEmperor(args []string, stdout, stderr io.Writer) int {
 	}
 
 	log := vassal.NewLogger(os.Stderr, logs.format, logs.level)
-	// The emperor drops its binary pages when it settles after activity,
-	// and after collections, whose code faults about 1 MB back in.
+	// The emperor loop drops the binary's pages from its RSS once it
+	// settles after activity. This drops them after garbage collections
+	// too, because the collector's code faults about 1 MB back in.
 	binpages.ReleaseAfterEachGC(nil, time.Minute, func(_ binpages.Result, err error) {
 		if err != nil {
 			log.Warn("releasing the pages of the fief binary failed", "pid", os.Getpid(), "err", err)
@@ -332,8 +339,9 @@ func runExecAsUser(args []string, stdout, stderr io.Writer) int {
 	return execAsUser(args, stdout, stderr, false)
 }
 
-// execAsUser is fief exec-as-user; threadLocked is true when it runs on a
-// goroutine that stays on its thread (see init).
+// execAsUser runs fief exec-as-user with args. threadLocked reports that
+// the caller's goroutine is locked to its thread, as in a package init
+// function (see init).
 func execAsUser(args []string, stdout, stderr io.Writer, threadLocked bool) int {
 	fs := newFlagSet("exec-as-user", stderr)
 	noNewPrivs := fs.Bool("no-new-privs", false, "set PR_SET_NO_NEW_PRIVS so CMD cannot gain privileges through setuid files or file capabilities (default off)")
@@ -370,7 +378,7 @@ func runContainer(args []string, stdout, stderr io.Writer) int {
 	subreaper := fs.Bool("s", false, "child subreaper mode: reap zombies without being pid 1, and do not print the notice about it (default off)")
 	group := fs.Bool("g", false, "forward signals to CMD's whole process group instead of CMD alone (default off)")
 	grace := fs.Duration("grace", 5*time.Second, "`duration` processes left behind by CMD get between SIGTERM and SIGKILL once CMD exits")
-	noWaiter := fs.Bool("no-waiter", false, "stay the init for CMD's whole life instead of executing the small waiter from a memory file once CMD runs; for hosts whose policy forbids executing memory files (default off)")
+	noWaiter := fs.Bool("no-waiter", false, "keep fief as the init for CMD's whole life instead of executing the small waiter from a memory file once CMD runs, for hosts whose policy forbids executing memory files (default off)")
 	remap := remapFlags{}
 	fs.Var(remap, "remap-exit", "map CMD's exit code FROM to TO, as `FROM:TO` (e.g. 143:0); repeatable")
 	if code := parseFlags(fs, args); code >= 0 {

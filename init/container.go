@@ -43,8 +43,8 @@ type ContainerOptions struct {
 	// executing the waiter from a memory file. Some security monitors flag
 	// the execution of a memory file, and vm.memfd_noexec can forbid it.
 	NoWaiter bool
-	// LogFormat and LogLevel are the log settings, which fief gets again
-	// when the waiter runs it to stop processes left behind.
+	// LogFormat and LogLevel are the log settings that the waiter passes
+	// on when it runs fief again to stop the processes left behind.
 	LogFormat, LogLevel string
 }
 
@@ -75,14 +75,14 @@ const (
 // by signal N).
 //
 // Once the command runs, fief executes the waiter in its place (see
-// execWaiter), which returns only when the waiter cannot run. fief then
-// waits itself: the main goroutine blocks in wait4 through a driven reaper,
-// so the command's exit reaches it without a signal or a goroutine switch,
-// and signals are forwarded by a handler (see forwarder) that does not need
-// this goroutine at all.
+// execWaiter). execWaiter returns only when the waiter cannot run, and then
+// fief waits for the command itself. Its main goroutine blocks in wait4
+// through a driven reaper, so the command's exit reaches it without a
+// signal or a goroutine switch. Meanwhile a signal handler (see forwarder)
+// forwards signals without this goroutine.
 func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
-	// First of all, so a signal that arrives while the command starts is
-	// kept and sent once it runs.
+	// The handlers come first, so that a signal that arrives while the
+	// command starts is kept and sent once it runs.
 	fwd, err := startForwarding(log, ForwardedSignals)
 	if err != nil {
 		log.Error("installing the signal handlers failed", "err", err)
@@ -107,9 +107,9 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 	}
 	fwd.target(child.Pid, opts.Group)
 
-	// From here on the waiter does the job at the cost of tini, unless
-	// the debug log wants the Go loop's messages. execWaiter returns only
-	// when it cannot run the waiter, and then the Go loop below waits.
+	// From here on the waiter, a one-thread program about as small as
+	// tini, waits for the command and forwards signals. The debug log
+	// level keeps the Go loop below, which logs what it does.
 	if !opts.NoWaiter && !log.Enabled(context.Background(), slog.LevelDebug) {
 		if err := execWaiter(waiterSetup{
 			pid:     child.Pid,
@@ -120,7 +120,7 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 			remap:   opts.Remap,
 			rerun:   leftoverArgs(pid1, opts),
 		}); !errors.Is(err, errNoWaiter) {
-			log.Info("the waiter could not run; fief waits itself", "err", err)
+			log.Info("the waiter could not run, so fief waits for the command itself (--no-waiter skips the attempt)", "err", err)
 		}
 	}
 
@@ -129,7 +129,8 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 		st, err := r.Wait()
 		if err != nil {
 			// The command is a child until this loop reaps it, so wait4
-			// cannot run out of children; give up rather than spin.
+			// cannot fail with ECHILD. Any error would repeat, so give up
+			// rather than spin.
 			log.Error("waiting for the command failed", "pid", child.Pid, "err", err)
 			fwd.stop()
 			return 1
@@ -147,8 +148,12 @@ func RunContainer(log *slog.Logger, argv []string, opts ContainerOptions) int {
 }
 
 // LeftoversArg0 is the argv[0] under which the waiter runs fief again when
-// the command has left processes behind; main checks for it first.
+// the command has left processes behind. main checks for it first.
 const LeftoversArg0 = "fief-container-leftovers"
+
+// errNoWaiter is the error of execWaiter on architectures without the
+// waiter of waiter_amd64.s.
+var errNoWaiter = errors.New("no waiter on this architecture")
 
 // leftoverArgs returns the argv with which the waiter runs fief again.
 func leftoverArgs(pid1 bool, opts ContainerOptions) []string {
@@ -164,14 +169,17 @@ func leftoverArgs(pid1 bool, opts ContainerOptions) []string {
 	return args
 }
 
-// LeftoversMain is fief run again by the waiter after the command exited
-// and left processes behind: it stops them as RunContainer does and returns
-// the command's exit code. The waiter passes the command's wait status.
+// LeftoversMain stops the processes that the command left behind, as
+// RunContainer does, and returns the command's exit code. The waiter runs
+// fief again with LeftoversArg0 and these args after the command exited,
+// with the command's wait status in the -status flag.
 func LeftoversMain(args []string, newLogger func(format, level string) *slog.Logger) int {
-	// Signals to fief are dropped from now on, as after the command's exit
-	// in RunContainer. Until here the waiter had them ignored.
-	if fwd, err := startForwarding(nil, ForwardedSignals); err == nil {
+	// From here on, the forwarded signals are dropped, as after the
+	// command's exit in RunContainer.
+	if fwd, err := startForwarding(slog.New(slog.DiscardHandler), ForwardedSignals); err == nil {
 		fwd.stop()
+	} else {
+		fmt.Fprintf(os.Stderr, "%s: %v; SIGTERM or SIGQUIT may now end fief before it stops the processes left behind\n", LeftoversArg0, err)
 	}
 
 	fs := flag.NewFlagSet(LeftoversArg0, flag.ContinueOnError)
@@ -183,11 +191,13 @@ func LeftoversMain(args []string, newLogger func(format, level string) *slog.Log
 	remap := map[int]int{}
 	fs.Func("remap-exit", "exit code mapping", func(text string) error { return ParseRemap(text, remap) })
 	if err := fs.Parse(args); err != nil {
+		// The flag package has printed the error and the usage.
+		fmt.Fprintf(os.Stderr, "%s: only the waiter of the container init (fief -- CMD) runs fief under this name\n", LeftoversArg0)
 		return 1
 	}
 	wait, err := strconv.ParseUint(*status, 16, 32)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "%s: invalid status %q\n", LeftoversArg0, *status)
+		fmt.Fprintf(os.Stderr, "%s: invalid -status %q: expected the command's wait status as 1 to 8 hex digits\n", LeftoversArg0, *status)
 		return 1
 	}
 	log := newLogger(*logFormat, *logLevel)

@@ -2,6 +2,7 @@ package initd
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 
@@ -11,25 +12,24 @@ import (
 // A forwarder passes the signals that the container init receives on to
 // the command. On amd64 a signal handler written in assembly
 // (forward_amd64.s) sends each signal on from whichever thread the kernel
-// interrupts, with one system call and without the Go runtime: no
-// goroutine has to wake up, and no thread of os/signal exists. Elsewhere a
-// goroutine fed by os/signal does the same job.
+// interrupts, with one system call and without the Go runtime. So no
+// goroutine has to wake up, and no os/signal thread exists. On other
+// architectures a goroutine fed by os/signal does the same job.
 //
 // Signals that arrive before the command has started are kept as pending
-// and sent once it has; signals that arrive after it has exited are
+// and sent once it has started. Signals that arrive after it has exited are
 // dropped, as they were before the handler existed.
 type forwarder struct {
-	log     *slog.Logger
-	pidfd   int
-	stopped bool
+	log   *slog.Logger
+	pidfd int // the command's pidfd, or -1
 }
 
 // The forwarding state, shared with the assembly handler, which reads it
 // with plain loads and changes it only by compare-and-swap. Bits 0 to 31 of
-// fwdState hold the signals that arrived before the command started, one
-// bit per signal number; fwdReady means fwdMode, fwdPid and fwdPidfd are
-// set and signals go straight to the command; fwdClosed means the command
-// has exited and signals are dropped.
+// fwdState contain the signals that arrived before the command started, one
+// bit per signal number. fwdReady means that fwdMode, fwdPid and fwdPidfd
+// are set, so signals go straight to the command. fwdClosed means that the
+// command has exited, so signals are dropped.
 var (
 	fwdState uint64
 	fwdMode  int32
@@ -43,44 +43,43 @@ const (
 	fwdClosed      = 1 << 33
 )
 
-// How a signal reaches the command: through its pidfd, which cannot reach
-// another process that reused the pid; to its process group (-g); or by pid,
-// when the kernel has no pidfd_open. The handler reads these numbers too.
+// Forwarding modes, the values of fwdMode. fwdByPidfd sends through the
+// command's pidfd, which cannot reach another process that reused the pid.
+// fwdToGroup sends to the command's process group (-g). fwdByPid sends by
+// pid, when pidfd_open fails, as on kernels before 5.3. The assembly
+// handler and the waiter compare fwdMode with these numbers too.
 const (
 	fwdByPidfd = 0
 	fwdToGroup = 1
 	fwdByPid   = 2
 )
 
-// errNoWaiter is the error of execWaiter on architectures without the
-// waiter (waiter_amd64.s).
-var errNoWaiter = errors.New("no waiter on this architecture")
-
-// startForwarding installs the forwarding of signals, which must all be
-// below 32. It must be called once per process, before the command starts.
+// startForwarding installs the handlers that forward signals, which must
+// all be standard signals (1 to 31), because fwdState has one pending bit
+// for each. Call it once per process, before the command starts.
 func startForwarding(log *slog.Logger, signals []unix.Signal) (*forwarder, error) {
 	for _, sig := range signals {
 		if sig <= 0 || sig >= 32 {
-			return nil, errors.New("forwarded signals must be numbered 1 to 31")
+			return nil, fmt.Errorf("invalid forwarded signal %d: only standard signals 1 to 31 can be forwarded", int(sig))
 		}
 	}
 	atomic.StoreUint64(&fwdState, 0)
-	if err := installHandlers(signals); err != nil {
+	if err := installHandlers(log, signals); err != nil {
 		return nil, err
 	}
 	return &forwarder{log: log, pidfd: -1}, nil
 }
 
-// target makes pid the receiver of every forwarded signal, or its process
-// group when group is set, and sends it the signals that arrived so far.
+// target makes pid, or its process group when group is set, the receiver
+// of every forwarded signal, and sends it the signals that are pending.
 func (f *forwarder) target(pid int, group bool) {
 	mode := fwdByPid
 	switch {
 	case group:
 		mode = fwdToGroup
 	default:
-		// The child cannot be reaped before this returns: only the
-		// caller's goroutine waits. So the pidfd is the child's.
+		// The child cannot be reaped before this returns, because only
+		// the caller's goroutine waits. So the pidfd refers to the child.
 		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
 			f.pidfd = fd
 			mode = fwdByPidfd
@@ -90,9 +89,9 @@ func (f *forwarder) target(pid int, group bool) {
 	atomic.StoreInt32(&fwdPid, int32(pid))
 	atomic.StoreInt32(&fwdPidfd, int32(f.pidfd))
 
-	// The swap publishes the fields above (compare-and-swap is a full
-	// barrier), and a handler that read the old state retries its own
-	// compare-and-swap and then sees fwdReady.
+	// The swap publishes the fields above, because compare-and-swap is a
+	// full barrier. A handler that loaded the old state fails its own
+	// compare-and-swap, retries and then reads fwdReady.
 	var old uint64
 	for {
 		old = atomic.LoadUint64(&fwdState)
@@ -110,9 +109,9 @@ func (f *forwarder) target(pid int, group bool) {
 	}
 }
 
-// stop drops every signal from now on. The pidfd stays open: a handler
-// running at this moment on another thread may still use it, and fief exits
-// soon after.
+// stop makes the handlers drop every signal from now on. The pidfd stays
+// open, because a handler running on another thread may still be using it,
+// and fief exits soon after.
 func (f *forwarder) stop() {
 	for {
 		old := atomic.LoadUint64(&fwdState)
@@ -122,8 +121,8 @@ func (f *forwarder) stop() {
 	}
 }
 
-// deliver is the Go twin of the assembly handler, for the goroutine of
-// forward_other.go: it keeps sig as pending, sends it, or drops it.
+// deliver keeps sig as pending, sends it or drops it, as the assembly
+// handler does. The goroutine of forward_other.go calls it.
 func deliver(sig unix.Signal) error {
 	for {
 		old := atomic.LoadUint64(&fwdState)
@@ -138,8 +137,8 @@ func deliver(sig unix.Signal) error {
 	}
 }
 
-// sendForwarded sends sig to the target, as the handler does. A target
-// that is gone is not an error.
+// sendForwarded sends sig to the target, as the assembly handler does. A
+// target that has exited is not an error.
 func sendForwarded(sig unix.Signal) error {
 	var err error
 	switch atomic.LoadInt32(&fwdMode) {

@@ -2,20 +2,22 @@ package initd
 
 import (
 	"fmt"
+	"log/slog"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // forwardHandler is the signal handler of forward_amd64.s. It runs on the
-// interrupted thread's signal stack and only reads fwdState and friends,
-// changes fwdState by compare-and-swap and makes one system call.
+// interrupted thread's signal stack. It only reads the fwd variables,
+// changes fwdState by compare-and-swap and makes at most one system call.
 func forwardHandler()
 
 // forwardRestorer returns from forwardHandler with rt_sigreturn.
 func forwardRestorer()
 
-// forwardAddrs returns the entry points of the two functions above.
+// forwardAddrs returns the entry points of forwardHandler and
+// forwardRestorer.
 func forwardAddrs() (handler, restorer uintptr)
 
 // kernelSigaction is struct sigaction as the rt_sigaction system call
@@ -33,16 +35,19 @@ const (
 	saRestart  = 0x10000000
 )
 
-// savedActions holds the handlers that installHandlers replaced (the Go
-// runtime's), so tests can put them back.
+// savedActions contains the Go runtime's handlers that installHandlers
+// replaced, so that restoreHandlers can put them back when installHandlers
+// fails part way.
 var savedActions map[unix.Signal]kernelSigaction
 
-// installHandlers makes forwardHandler the handler of signals. The Go
-// runtime is not told: it keeps believing that its own handler is there,
-// which is harmless because nothing in the container init asks os/signal
-// for these signals. Interrupted system calls restart, as with the
-// runtime's handlers, and the handler runs on the thread's signal stack.
-func installHandlers(signals []unix.Signal) error {
+// installHandlers makes forwardHandler the handler of signals with
+// rt_sigaction, bypassing the Go runtime. The runtime still records its own
+// handler as installed. That is harmless, because nothing in the container
+// init requests these signals from os/signal. As with the runtime's
+// handlers, interrupted system calls restart (SA_RESTART) and the handler
+// runs on the thread's signal stack (SA_ONSTACK). The handler cannot log,
+// so a failed send goes unreported.
+func installHandlers(_ *slog.Logger, signals []unix.Signal) error {
 	if savedActions == nil {
 		savedActions = make(map[unix.Signal]kernelSigaction, len(signals))
 	}
@@ -53,7 +58,8 @@ func installHandlers(signals []unix.Signal) error {
 		_, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig),
 			uintptr(unsafe.Pointer(&act)), uintptr(unsafe.Pointer(&old)), unsafe.Sizeof(act.mask), 0, 0)
 		if errno != 0 {
-			return fmt.Errorf("installing the handler of %s: %w", unix.SignalName(sig), errno)
+			restoreHandlers()
+			return fmt.Errorf("installing the forwarding handler of %s: %w", unix.SignalName(sig), errno)
 		}
 		if _, ok := savedActions[sig]; !ok {
 			savedActions[sig] = old

@@ -2,19 +2,22 @@
 
 // func forwardHandler()
 //
-// A signal handler as the kernel calls it: DI holds the signal number, and
-// the return address on the stack is forwardRestorer. Every register may be
-// changed, since rt_sigreturn restores them all. It keeps the signal as
-// pending before the command starts (fwdState bit SIGNO), sends it to the
-// command once fwdReady is set, and drops it once fwdClosed is set.
+// A signal handler as the kernel calls it: DI contains the signal number,
+// and the return address on the stack is forwardRestorer. Every register
+// may be changed, because rt_sigreturn restores them all. Before the
+// command starts, the handler keeps the signal as pending in bit SIGNO of
+// fwdState. Once fwdReady is set, it sends the signal to the command. Once
+// fwdClosed is set, it drops the signal. The numbers below must match
+// forward.go: bit 32 is fwdReady, bit 33 fwdClosed, mode 1 fwdToGroup and
+// mode 2 fwdByPid.
 TEXT ·forwardHandler(SB),NOSPLIT|NOFRAME,$0-0
 	MOVQ	DI, R8
 	ANDQ	$31, R8
 again:
 	MOVQ	·fwdState(SB), AX
-	BTQ	$33, AX
+	BTQ	$33, AX	// fwdClosed
 	JCS	done
-	BTQ	$32, AX
+	BTQ	$32, AX	// fwdReady
 	JCS	send
 	MOVQ	AX, DX
 	BTSQ	R8, DX
@@ -24,16 +27,16 @@ again:
 	RET
 send:
 	MOVL	·fwdMode(SB), AX
-	CMPL	AX, $1
+	CMPL	AX, $1	// fwdToGroup
 	JEQ	group
-	CMPL	AX, $2
+	CMPL	AX, $2	// fwdByPid
 	JEQ	bypid
 	// pidfd_send_signal(fwdPidfd, signo, NULL, 0)
 	MOVLQSX	·fwdPidfd(SB), DI
 	MOVQ	R8, SI
 	XORQ	DX, DX
 	XORQ	R10, R10
-	MOVQ	$424, AX
+	MOVQ	$424, AX	// SYS_pidfd_send_signal
 	SYSCALL
 	RET
 group:
@@ -41,14 +44,14 @@ group:
 	MOVLQSX	·fwdPid(SB), DI
 	NEGQ	DI
 	MOVQ	R8, SI
-	MOVQ	$62, AX
+	MOVQ	$62, AX	// SYS_kill
 	SYSCALL
 	RET
 bypid:
 	// kill(fwdPid, signo)
 	MOVLQSX	·fwdPid(SB), DI
 	MOVQ	R8, SI
-	MOVQ	$62, AX
+	MOVQ	$62, AX	// SYS_kill
 	SYSCALL
 done:
 	RET

@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 }
 
 // recordSignals prints "ready" and then the name of every SIGUSR1, SIGUSR2
-// and SIGTERM it gets; it exits after SIGTERM.
+// and SIGTERM that it receives. It exits after SIGTERM.
 func recordSignals() {
 	ch := make(chan os.Signal, 8)
 	signal.Notify(ch, unix.SIGUSR1, unix.SIGUSR2, unix.SIGTERM)
@@ -48,16 +48,18 @@ func recordSignals() {
 	}
 }
 
-// forwardScenario sends itself signals before the recorder starts, after
-// it started, and after forwarding stopped.
+// forwardScenario sends signals to its own process before the recorder
+// starts, after it has started, and after forwarding has stopped, and
+// checks what the recorder receives.
 func forwardScenario() error {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	fwd, err := startForwarding(log, []unix.Signal{unix.SIGUSR1, unix.SIGUSR2, unix.SIGTERM})
 	if err != nil {
 		return err
 	}
-	// Before the command starts: kept as pending, not lost, and SIGTERM
-	// does not end this process.
+	// Before the command starts, signals are kept as pending. SIGUSR1 is
+	// sent twice and must arrive once, because fwdState has one pending
+	// bit per signal, like the kernel's set of pending standard signals.
 	for _, sig := range []unix.Signal{unix.SIGUSR2, unix.SIGUSR1, unix.SIGUSR1} {
 		if err := unix.Kill(os.Getpid(), sig); err != nil {
 			return err
@@ -79,8 +81,8 @@ func forwardScenario() error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	// On failure the recorder must not outlive this process: it holds the
-	// test's output pipe open.
+	// On failure the recorder must not outlive this process, because it
+	// holds the test's output pipe open.
 	defer cmd.Process.Kill()
 	lines := bufio.NewScanner(out)
 	next := func() string {
@@ -93,26 +95,27 @@ func forwardScenario() error {
 		return fmt.Errorf("the recorder printed %q, expected ready", line)
 	}
 	fwd.target(cmd.Process.Pid, false)
-	// Pending signals are sent each once. The recorder's Go runtime may
-	// pass two signals on in either order.
+	// Each pending signal is sent once. The recorder's Go runtime may
+	// pass the two signals on in either order.
 	got := []string{next(), next()}
 	slices.Sort(got)
 	if want := []string{"SIGUSR1", "SIGUSR2"}; !slices.Equal(got, want) {
-		return fmt.Errorf("the recorder got %q before any signal after its start, expected %q in any order", got, want)
+		return fmt.Errorf("the recorder received %q for the pending signals, expected %q in any order", got, want)
 	}
 
-	// Once the command runs, the handler sends each signal at once.
+	// Once the command runs, the handler sends each signal immediately.
 	if err := unix.Kill(os.Getpid(), unix.SIGTERM); err != nil {
 		return err
 	}
 	if line := next(); line != "SIGTERM" {
-		return fmt.Errorf("the recorder printed %q after fief got SIGTERM, expected SIGTERM", line)
+		return fmt.Errorf("the recorder printed %q after this process received SIGTERM, expected SIGTERM", line)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("the recorder: %v", err)
+		return fmt.Errorf("the recorder failed after SIGTERM, expected exit status 0: %v", err)
 	}
 
-	// After stop, signals are dropped and do not end fief either.
+	// After stop, signals are dropped, and SIGTERM does not end this
+	// process.
 	fwd.stop()
 	if err := unix.Kill(os.Getpid(), unix.SIGTERM); err != nil {
 		return err
@@ -121,7 +124,7 @@ func forwardScenario() error {
 	return nil
 }
 
-func TestForwarderKeepsSignalsUntilTheCommandStarts(t *testing.T) {
+func TestForwarderKeepsSendsAndDrops(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

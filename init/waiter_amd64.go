@@ -12,17 +12,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// waiterCode is the waiter program of waiter_amd64.s. It is never called
-// in this process: execWaiter copies its machine code into an ELF file.
+// waiterCode is the waiter program of waiter_amd64.s. This process never
+// calls it. execWaiter copies its machine code into an ELF file.
 func waiterCode()
 
 // waiterCodeAddr returns the address of waiterCode's first instruction.
 func waiterCodeAddr() unsafe.Pointer
 
-// The waiter's memory: its code in one read-only executable page, its state
-// in the next, read-write, at the usual load address of a static program,
-// well above any vm.mmap_min_addr. The offsets match the S_ constants of
-// waiter_amd64.s.
+// The waiter's memory layout. Its code is in one read-only executable page
+// and its state in the next, read-write page. They sit at the usual load
+// address of a static program, well above any vm.mmap_min_addr. The
+// offsets match the S_ constants of waiter_amd64.s.
 const (
 	waiterBase     = 0x400000
 	waiterCodeOff  = 0x100
@@ -41,21 +41,24 @@ const (
 	sEmpty  = 452
 	sHexDig = 456
 	sName   = 472
-	sIgnAct = 488 // struct sigaction with SIG_IGN, for the signals before fief runs again
-	sData   = 520 // the argv array and its strings follow
+	sIgnAct = 488 // struct sigaction of SIG_IGN, set on the forwarded signals before fief runs again
+	sData   = 520 // start of the argv array, followed by its strings
 )
 
 // waiterEnd marks the end of waiterCode's machine code.
 var waiterEnd = []byte("\x0f\x0bFIEFWEND")
 
-// waiterSetup is what the waiter needs besides its code.
+// waiterSetup is the waiter's input besides its code: the command's pid,
+// pidfd and forwarding mode (fwdByPidfd, fwdToGroup or fwdByPid), whether
+// fief is pid 1, the forwarded signals and the exit code mapping.
 type waiterSetup struct {
 	pid, pidfd, mode int
 	pid1             bool
 	signals          []unix.Signal
 	remap            map[int]int
-	// rerun is fief's argv when processes are left behind; the argument
-	// that equals statusPlaceholder gets the command's wait status.
+	// rerun is the argv with which the waiter runs fief again when the
+	// command has left processes behind. The waiter writes the command's
+	// wait status into the argument that equals statusPlaceholder.
 	rerun []string
 }
 
@@ -63,12 +66,13 @@ type waiterSetup struct {
 // with the command's wait status, as 8 hex digits.
 const statusPlaceholder = "-status=XXXXXXXX"
 
-// waiterImage returns the waiter's ELF file.
+// waiterImage returns the waiter's ELF file, with setup in its state page.
+// exeFd is the descriptor of fief's executable, for running it again.
 func waiterImage(setup waiterSetup, exeFd int) ([]byte, error) {
 	text := unsafe.Slice((*byte)(waiterCodeAddr()), waiterPageSize-waiterCodeOff)
 	end := bytes.Index(text, waiterEnd)
 	if end < 0 {
-		return nil, errors.New("the waiter's code has no end mark")
+		return nil, fmt.Errorf("the waiter's code has no end mark %q in its first %d bytes: waiterCode in waiter_amd64.s must end with it and fit in its page", waiterEnd, len(text))
 	}
 	code := text[:end]
 
@@ -84,7 +88,8 @@ func waiterImage(setup waiterSetup, exeFd int) ([]byte, error) {
 	le.PutUint16(image[52:], 64)
 	le.PutUint16(image[54:], 56)
 	le.PutUint16(image[56:], 3)
-	// Program headers: the code, the state, and a stack without execute.
+	// Program headers: the code, the state, and PT_GNU_STACK for a
+	// non-executable stack.
 	phdr := func(i int, typ, flags uint32, off, vaddr, size uint64) {
 		p := image[64+56*i:]
 		le.PutUint32(p[0:], typ)
@@ -122,13 +127,14 @@ func waiterImage(setup waiterSetup, exeFd int) ([]byte, error) {
 	copy(state[sName:sName+15], "fief")
 	le.PutUint64(state[sIgnAct:], 1) // SIG_IGN
 
-	// fief's argv when processes are left behind: pointers, then strings.
+	// The argv for running fief again: NULL-terminated pointers, then
+	// the strings.
 	argv := state[sData:]
 	strs := sData + 8*(len(setup.rerun)+1)
 	hexAt := uint64(0)
 	for i, arg := range setup.rerun {
 		if strs+len(arg)+1 > waiterPageSize {
-			return nil, errors.New("fief's arguments do not fit in the waiter")
+			return nil, fmt.Errorf("the %d arguments for running fief again, with %d exit code mappings, do not fit in the waiter's %d-byte state page; pass fewer --remap-exit flags", len(setup.rerun), len(setup.remap), waiterPageSize)
 		}
 		le.PutUint64(argv[8*i:], uint64(waiterState+strs))
 		copy(state[strs:], arg)
@@ -138,7 +144,7 @@ func waiterImage(setup waiterSetup, exeFd int) ([]byte, error) {
 		strs += len(arg) + 1
 	}
 	if hexAt == 0 {
-		return nil, errors.New("fief's arguments have no status placeholder")
+		return nil, fmt.Errorf("the arguments for running fief again %q have no %q argument for the wait status", setup.rerun, statusPlaceholder)
 	}
 	le.PutUint64(state[sHex:], hexAt)
 	le.PutUint64(state[sArgv:], waiterState+sData)
@@ -158,9 +164,14 @@ func waiterSigset(signals []unix.Signal) uint64 {
 // and the open files. It returns only when that failed, with fief as it was.
 //
 // The forwarded signals and SIGCHLD are blocked on this thread just before
-// execve, which keeps the signal mask and the pending signals: a signal that
-// comes before is forwarded by forwardHandler on another thread, one that
-// comes during or after waits for the waiter.
+// execve, which keeps the signal mask and the pending signals. A signal
+// that arrives before execve is forwarded by forwardHandler on another
+// thread. A signal that arrives during or after execve stays pending until
+// the waiter takes it.
+//
+// NOTE: execve kills the other threads. A signal that one of them has
+// already taken but not yet sent on when it is killed is lost. The window
+// is a few instructions of forwardHandler.
 func execWaiter(setup waiterSetup) (err error) {
 	exeFd, err := unix.Open("/proc/self/exe", unix.O_PATH, 0)
 	if err != nil {
@@ -177,18 +188,24 @@ func execWaiter(setup waiterSetup) (err error) {
 	}
 	memfd, err := unix.MemfdCreate("fief-waiter", unix.MFD_CLOEXEC|unix.MFD_EXEC)
 	if errors.Is(err, unix.EINVAL) {
-		// Kernels before 6.3 know no MFD_EXEC; their memfds are executable.
+		// Kernels before 6.3 reject MFD_EXEC, and their memfds are always
+		// executable.
 		memfd, err = unix.MemfdCreate("fief-waiter", unix.MFD_CLOEXEC)
 	}
 	if err != nil {
 		return fmt.Errorf("creating the waiter's file: %w", err)
 	}
 	defer unix.Close(memfd)
-	if n, err := unix.Write(memfd, image); err != nil || n != len(image) {
-		return fmt.Errorf("writing the waiter's file: %v", err)
+	n, err := unix.Write(memfd, image)
+	if err != nil {
+		return fmt.Errorf("writing the waiter's file: %w", err)
+	}
+	if n != len(image) {
+		return fmt.Errorf("writing the waiter's file: wrote %d of %d bytes", n, len(image))
 	}
 	if setup.pidfd >= 0 {
-		// The waiter signals through the pidfd, so it must stay open.
+		// The waiter sends signals through the pidfd, so the pidfd must
+		// stay open across execve.
 		if _, err := unix.FcntlInt(uintptr(setup.pidfd), unix.F_SETFD, 0); err != nil {
 			return fmt.Errorf("keeping the pidfd open: %w", err)
 		}
@@ -196,11 +213,11 @@ func execWaiter(setup waiterSetup) (err error) {
 
 	argv, err := cStrings(os.Args)
 	if err != nil {
-		return err
+		return fmt.Errorf("passing fief's arguments to the waiter: %w", err)
 	}
 	envv, err := cStrings(os.Environ())
 	if err != nil {
-		return err
+		return fmt.Errorf("passing fief's environment to the waiter: %w", err)
 	}
 	empty := []byte{0}
 
@@ -224,31 +241,43 @@ func execWaiter(setup waiterSetup) (err error) {
 	return fmt.Errorf("executing the waiter: %w", errno)
 }
 
-// quietSignals are the signals that the Go runtime ignores unless a
-// program asks for them: fief, which does not, is not ended by them. execve
-// resets handled signals to their default action, which ends the process for
-// these, so they are set to SIG_IGN for the waiter, which execve keeps. The
-// forwarded signals, SIGCHLD, the signals of faults and of job control, and
-// 32 and 33 (which Go leaves at their default) keep their treatment.
-var quietSignals = func() []unix.Signal {
+// quietSignals returns the signals that the Go runtime catches and then
+// ignores unless a program requests them from os/signal, which fief does
+// not. execve resets caught signals to their default action, which would
+// end the waiter for these, so ignoreQuietSignals sets them to SIG_IGN,
+// which execve keeps. The forwarded signals, SIGCHLD and the signals of
+// faults and of job control keep their treatment.
+//
+// Of signals 32 to 64, a Go program built without cgo, as fief is, catches
+// 33 (for the per-thread system calls of syscall.Setuid and
+// AllThreadsSyscall) and 35 to 64. It leaves 32 and 34 as it found them
+// (runtime/sigtab_linux_generic.go and sigInstallGoHandler in Go 1.26).
+// ignoreQuietSignals therefore changes only caught signals.
+func quietSignals() []unix.Signal {
 	sigs := []unix.Signal{unix.SIGPIPE, unix.SIGALRM, unix.SIGXCPU, unix.SIGXFSZ, unix.SIGVTALRM,
 		unix.SIGPROF, unix.SIGIO, unix.SIGPWR}
-	for sig := unix.Signal(34); sig <= 64; sig++ {
+	for sig := unix.Signal(32); sig <= 64; sig++ {
 		sigs = append(sigs, sig)
 	}
 	return sigs
 }
 
-// ignoreQuietSignals sets quietSignals to SIG_IGN and returns the function
-// that puts their handlers back.
+// ignoreQuietSignals sets those of quietSignals that have a handler to
+// SIG_IGN, and returns the function that puts their handlers back. Signals
+// at SIG_DFL or SIG_IGN keep it, as they would across execve.
 func ignoreQuietSignals() (restore func()) {
-	ignore := kernelSigaction{handler: 1} // SIG_IGN
+	const sigDfl, sigIgn = 0, 1
+	ignore := kernelSigaction{handler: sigIgn}
 	sigs := quietSignals()
 	saved := make([]kernelSigaction, len(sigs))
 	for i, sig := range sigs {
 		unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&ignore)),
 			uintptr(unsafe.Pointer(&saved[i])), unsafe.Sizeof(ignore.mask), 0, 0)
+		if saved[i].handler == sigDfl {
+			unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&saved[i])), 0, unsafe.Sizeof(ignore.mask), 0, 0)
+		}
 	}
+
 	return func() {
 		for i, sig := range sigs {
 			unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&saved[i])), 0, unsafe.Sizeof(ignore.mask), 0, 0)

@@ -3,21 +3,21 @@
 // The waiter: the container init's main loop once the command runs, as a
 // program of its own. waiter_amd64.go copies the machine code of
 // ·waiterCode into a small ELF file, with the state block below at
-// WAITER_STATE, and fief executes that file in place of itself (same pid),
-// so the process that waits is one thread with a few pages of memory
-// instead of a Go runtime. The code therefore uses no Go symbol: only
-// relative jumps, the stack and the absolute address of the state block.
+// WAITER_STATE. fief executes that file in place of itself (same pid), so
+// the process that waits is one thread with a few pages of memory instead
+// of a Go runtime. The code therefore uses no Go symbol, only relative
+// jumps, the stack and the absolute address of the state block.
 //
-// It runs with the forwarded signals and SIGCHLD blocked (fief blocks them
-// before execve, which keeps the mask and the pending signals) and takes
-// them with rt_sigtimedwait, as tini does:
-//   - a forwarded signal goes to the command, like forwardHandler sends it;
-//   - SIGCHLD reaps every child that has exited; when the command is one of
-//     them, the waiter reaps what else has exited and looks for processes
-//     left: when there are none it exits with the command's exit code
-//     (remapped); otherwise it executes fief again (STATE_EXEFD) with the
-//     command's wait status written into its arguments, and fief stops
-//     them with the grace period.
+// The waiter starts with the forwarded signals and SIGCHLD blocked, because
+// fief blocks them before execve, which keeps the mask and the pending
+// signals. It takes them with rt_sigtimedwait, as tini does:
+//   - A forwarded signal goes to the command, as forwardHandler sends it.
+//   - SIGCHLD makes it reap every child that has exited. Once the command
+//     is among them, the waiter reaps the other exited children and looks
+//     for processes left. When there are none, it exits with the command's
+//     remapped exit code. Otherwise it executes fief again (S_EXEFD) with
+//     the command's wait status written into its arguments, and fief stops
+//     those processes with the grace period.
 //
 // The offsets below must match waiter_amd64.go.
 #define WAITER_STATE	0x401000

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"debug/elf"
 	"encoding/binary"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,9 +26,16 @@ func TestWaiterImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the waiter is not an ELF file: %v", err)
 	}
-	if file.Type != elf.ET_EXEC || file.Machine != elf.EM_X86_64 || file.Entry != waiterBase+waiterCodeOff {
-		t.Errorf("ELF header: type %v, machine %v, entry %#x", file.Type, file.Machine, file.Entry)
+	if file.Type != elf.ET_EXEC {
+		t.Errorf("ELF type %v, expected ET_EXEC", file.Type)
 	}
+	if file.Machine != elf.EM_X86_64 {
+		t.Errorf("ELF machine %v, expected EM_X86_64", file.Machine)
+	}
+	if file.Entry != waiterBase+waiterCodeOff {
+		t.Errorf("ELF entry %#x, expected %#x", file.Entry, waiterBase+waiterCodeOff)
+	}
+
 	var loads []*elf.Prog
 	for _, prog := range file.Progs {
 		if prog.Type == elf.PT_LOAD {
@@ -43,16 +52,31 @@ func TestWaiterImage(t *testing.T) {
 
 	state := image[waiterPageSize:]
 	le := binary.LittleEndian
-	if le.Uint32(state[sPid:]) != 42 || le.Uint32(state[sPidfd:]) != 5 || le.Uint32(state[sPid1:]) != 1 || le.Uint32(state[sExeFd:]) != 7 {
-		t.Errorf("state: pid %d, pidfd %d, pid1 %d, exe fd %d", le.Uint32(state[sPid:]), le.Uint32(state[sPidfd:]), le.Uint32(state[sPid1:]), le.Uint32(state[sExeFd:]))
+	for _, field := range []struct {
+		name   string
+		offset int
+		want   uint32
+	}{
+		{"pid", sPid, 42},
+		{"pidfd", sPidfd, 5},
+		{"mode", sMode, fwdByPidfd},
+		{"pid1", sPid1, 1},
+		{"exe fd", sExeFd, 7},
+	} {
+		if got := le.Uint32(state[field.offset:]); got != field.want {
+			t.Errorf("state %s = %d, expected %d", field.name, got, field.want)
+		}
 	}
 	wantSet := uint64(1)<<(unix.SIGCHLD-1) | 1<<(unix.SIGTERM-1) | 1<<(unix.SIGUSR1-1)
 	if got := le.Uint64(state[sSigset:]); got != wantSet {
 		t.Errorf("signal set %#x, expected %#x", got, wantSet)
 	}
-	if state[sRemap+143] != 0 || state[sRemap+1] != 1 || state[sRemap+255] != 255 {
-		t.Errorf("remap table: 143→%d, 1→%d, 255→%d", state[sRemap+143], state[sRemap+1], state[sRemap+255])
+	for from, want := range map[int]byte{143: 0, 1: 1, 255: 255} {
+		if got := state[sRemap+from]; got != want {
+			t.Errorf("remap table: %d→%d, expected %d→%d", from, got, from, want)
+		}
 	}
+
 	// The argv array points at the strings, and the status digits at the
 	// placeholder's X.
 	argv := state[sData:]
@@ -69,5 +93,66 @@ func TestWaiterImage(t *testing.T) {
 	hex := le.Uint64(state[sHex:]) - waiterState
 	if string(state[hex:hex+8]) != "XXXXXXXX" {
 		t.Errorf("the status digits point at %q, expected the placeholder's XXXXXXXX", state[hex:hex+8])
+	}
+}
+
+func TestWaiterImageRejectsLongArgv(t *testing.T) {
+	remap := make(map[int]int)
+	for code := range 256 {
+		remap[code] = 255 - code
+	}
+	setup := waiterSetup{remap: remap, rerun: leftoverArgs(false, ContainerOptions{Remap: remap})}
+	_, err := waiterImage(setup, 7)
+	if err == nil {
+		t.Fatal("waiterImage accepted 256 exit code mappings, expected an error")
+	}
+	if !strings.Contains(err.Error(), "--remap-exit") {
+		t.Errorf("the error %q does not name --remap-exit", err)
+	}
+}
+
+func TestWaiterImageRequiresStatusPlaceholder(t *testing.T) {
+	setup := waiterSetup{rerun: []string{LeftoversArg0, "-grace=5s"}}
+	if _, err := waiterImage(setup, 7); err == nil {
+		t.Error("waiterImage accepted an argv without the status placeholder, expected an error")
+	}
+}
+
+// sigactionOf returns the current action of sig without changing it.
+func sigactionOf(t *testing.T, sig unix.Signal) kernelSigaction {
+	t.Helper()
+	var act kernelSigaction
+	_, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), 0, uintptr(unsafe.Pointer(&act)), unsafe.Sizeof(act.mask), 0, 0)
+	if errno != 0 {
+		t.Fatalf("reading the action of signal %d: %v", sig, errno)
+	}
+	return act
+}
+
+// The waiter must ignore exactly the signals that the Go runtime catches
+// and ignores, and leave those at SIG_DFL or SIG_IGN as they are, such as
+// signals 32 and 34 in a program built without cgo.
+func TestIgnoreQuietSignalsOnlyCaught(t *testing.T) {
+	before := make(map[unix.Signal]kernelSigaction)
+	for _, sig := range quietSignals() {
+		before[sig] = sigactionOf(t, sig)
+	}
+
+	restore := ignoreQuietSignals()
+	for _, sig := range quietSignals() {
+		want := before[sig].handler
+		if want > 1 {
+			want = 1 // SIG_IGN
+		}
+		if got := sigactionOf(t, sig).handler; got != want {
+			t.Errorf("signal %d: handler %#x after ignoreQuietSignals, expected %#x (was %#x)", sig, got, want, before[sig].handler)
+		}
+	}
+
+	restore()
+	for _, sig := range quietSignals() {
+		if got := sigactionOf(t, sig); got != before[sig] {
+			t.Errorf("signal %d: action %+v after restore, expected %+v", sig, got, before[sig])
+		}
 	}
 }

@@ -6,7 +6,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// waiterSetup is what the waiter needs; see waiter_amd64.go.
+// waiterSetup is the waiter's input, as in waiter_amd64.go, where the
+// fields are described.
 type waiterSetup struct {
 	pid, pidfd, mode int
 	pid1             bool
@@ -15,10 +16,12 @@ type waiterSetup struct {
 	rerun            []string
 }
 
+// statusPlaceholder is the argument of the rerun argv that carries the
+// command's wait status, as in waiter_amd64.go.
 const statusPlaceholder = "-status=XXXXXXXX"
 
-// execWaiter fails: only amd64 has the waiter, elsewhere the Go loop of
-// RunContainer waits.
+// execWaiter returns errNoWaiter, because only amd64 has the waiter.
+// RunContainer then waits in its Go loop.
 func execWaiter(waiterSetup) error {
 	return errNoWaiter
 }

@@ -2,11 +2,12 @@
 //
 // In the reaper made by [New], one goroutine drains wait4(-1, WNOHANG) every
 // time SIGCHLD arrives and sends each status to the caller that started that
-// pid through [Reaper.Start]. A status for a pid nobody registered is an
-// orphan that was re-parented to this process (fief is pid 1 or a child
-// subreaper); it is reaped and reported through the function given to [New].
-// The reaper made by [NewDriven] has no goroutine and no SIGCHLD: its owner
-// blocks in [Reaper.Wait], which hands out statuses the same way.
+// pid through [Reaper.Start]. A status for a pid that no caller registered
+// belongs to an orphan that was re-parented to this process, because fief
+// is pid 1 or a child subreaper. The orphan is reaped and reported through
+// the function given to [New]. The reaper made by [NewDriven] has no
+// goroutine and does not handle SIGCHLD. Its owner blocks in [Reaper.Wait],
+// which hands out statuses the same way.
 //
 // Nothing else may call exec.Cmd.Wait, exec.Cmd.Run, os.Process.Wait or
 // wait4. Since Go 1.23 os.Process.Wait uses waitid(P_PIDFD), and a wait4(-1)
@@ -98,7 +99,7 @@ type Reaper struct {
 	waiters map[int]*waiter
 
 	orphan func(Status)
-	wake   chan os.Signal // nil for a reaper made by NewDriven
+	wake   chan os.Signal // SIGCHLD notifications, nil for a reaper made by NewDriven
 }
 
 type waiter struct {
@@ -113,11 +114,11 @@ var created atomic.Bool
 
 // New starts the reaping goroutine. onOrphan, which may be nil, is called on
 // that goroutine for every reaped process that was not started through
-// [Reaper.Start]; it must not block. New panics when called twice in one
-// process.
+// [Reaper.Start]; it must not block. New panics when the process already has
+// a reaper, made by New or [NewDriven].
 func New(onOrphan func(Status)) *Reaper {
 	if !created.CompareAndSwap(false, true) {
-		panic("reaper.New called twice: a process must have exactly one reaper")
+		panic("reaper.New called in a process that already has a reaper: a process must have exactly one")
 	}
 	r := &Reaper{
 		waiters: make(map[int]*waiter),
@@ -132,28 +133,30 @@ func New(onOrphan func(Status)) *Reaper {
 }
 
 // NewDriven returns the process's reaper without a goroutine of its own and
-// without a SIGCHLD handler: its owner collects children by calling
+// without a SIGCHLD handler. Its owner collects children by calling
 // [Reaper.Wait], and may sweep with [Reaper.Reap]. It suits a process whose
-// main goroutine has nothing to do but wait, such as the container init: a
-// child's exit then wakes that goroutine directly, with no signal and no
-// switch between goroutines, and the runtime starts no thread for os/signal.
-// Statuses are handed out as by the reaper of [New]. NewDriven panics when
-// the process already has a reaper.
+// main goroutine has nothing to do but wait, such as the container init.
+// There a child's exit wakes that goroutine directly, with no signal and no
+// switch between goroutines, and the runtime starts no thread for
+// os/signal. Statuses are handed out as by the reaper of [New]. onOrphan is
+// called on the goroutine that calls Wait or Reap. NewDriven panics when the
+// process already has a reaper.
 func NewDriven(onOrphan func(Status)) *Reaper {
 	if !created.CompareAndSwap(false, true) {
-		panic("reaper.NewDriven called with a reaper in the process: a process must have exactly one reaper")
+		panic("reaper.NewDriven called in a process that already has a reaper: a process must have exactly one")
 	}
 	return &Reaper{waiters: make(map[int]*waiter), orphan: onOrphan}
 }
 
-// errNotDriven is returned by Wait on a reaper that has its own goroutine.
-var errNotDriven = errors.New("reaper: Wait needs a reaper made by NewDriven")
+// errNotDriven is returned by Wait on a reaper made by New, whose goroutine
+// does the waiting.
+var errNotDriven = errors.New("reaper: Wait called on a reaper made by New; only a reaper made by NewDriven supports Wait")
 
-// Wait blocks until a child of this process exits, reaps it, hands its
-// status out as [Reaper.Reap] does (to the Done channel of a started child,
-// or to the orphan function) and returns it. It fails with unix.ECHILD when
-// the process has no child left. Only the owner of a reaper made by
-// [NewDriven] may call it, from one goroutine at a time.
+// Wait blocks until a child of this process exits, reaps it and returns its
+// status. Like [Reaper.Reap], it also sends the status to the Done channel
+// of a started child, or passes it to the orphan function. It fails with
+// unix.ECHILD when the process has no child left. Only the owner of a
+// reaper made by [NewDriven] may call it, from one goroutine at a time.
 func (r *Reaper) Wait() (Status, error) {
 	if r.wake != nil {
 		return Status{}, errNotDriven

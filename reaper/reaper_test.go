@@ -27,8 +27,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "becoming a child subreaper: %v\n", err)
 		os.Exit(1)
 	}
-	// TestDrivenReaper runs this binary again for a process whose reaper
-	// is a driven one.
+	// TestDrivenReaper runs this test binary again with drivenEnv set, for
+	// a process whose reaper is made by NewDriven.
 	if os.Getenv(drivenEnv) == "1" {
 		if err := drivenScenario(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -172,16 +172,19 @@ func TestNewTwicePanics(t *testing.T) {
 	New(nil)
 }
 
+// drivenEnv makes TestMain run drivenScenario instead of the tests.
 const drivenEnv = "FIEF_REAPER_TEST_DRIVEN"
 
-// drivenScenario runs in a process of its own: a shell that exits 7 and
-// leaves an orphan behind, both collected by Wait.
+// drivenScenario runs in a process of its own, because a process can have
+// only one reaper. A shell exits 7 and leaves an orphan behind, and Wait
+// must collect both.
 func drivenScenario() error {
 	var orphans []Status
 	r := NewDriven(func(st Status) { orphans = append(orphans, st) })
-	if _, err := NewDrivenOrPanic(); err == nil {
-		return fmt.Errorf("a second reaper was created")
+	if !newDrivenPanics() {
+		return fmt.Errorf("a second NewDriven in the process did not panic")
 	}
+
 	child, err := r.Start(exec.Command("sh", "-c", "sleep 0.1 & exit 7"))
 	if err != nil {
 		return fmt.Errorf("Start: %v", err)
@@ -197,6 +200,7 @@ func drivenScenario() error {
 		}
 		statuses = append(statuses, st)
 	}
+
 	if len(statuses) != 2 || statuses[0].Pid != child.Pid || statuses[0].ExitCode() != 7 {
 		return fmt.Errorf("Wait returned %v, expected the shell (pid %d, exit 7) and then its orphan", statuses, child.Pid)
 	}
@@ -209,23 +213,24 @@ func drivenScenario() error {
 		return fmt.Errorf("Done received nothing after Wait returned the child's status")
 	}
 	if len(orphans) != 1 || orphans[0].Pid != statuses[1].Pid {
-		return fmt.Errorf("the orphan function got %v, expected the orphan %v", orphans, statuses[1])
+		return fmt.Errorf("the orphan function received %v, expected the orphan %v", orphans, statuses[1])
 	}
 	if n := r.Pending(); n != 0 {
-		return fmt.Errorf("Pending() = %d after every child exited, want 0", n)
+		return fmt.Errorf("Pending() = %d after every child exited, expected 0", n)
 	}
 	return nil
 }
 
-// NewDrivenOrPanic reports whether NewDriven panics, as it must when the
+// newDrivenPanics reports whether NewDriven panics, as it must when the
 // process already has a reaper.
-func NewDrivenOrPanic() (r *Reaper, err error) {
+func newDrivenPanics() (panicked bool) {
 	defer func() {
 		if recover() != nil {
-			err = errors.New("panicked")
+			panicked = true
 		}
 	}()
-	return NewDriven(nil), nil
+	NewDriven(nil)
+	return false
 }
 
 func TestDrivenReaper(t *testing.T) {
