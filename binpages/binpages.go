@@ -132,11 +132,18 @@ func armAfterGC(open OpenSmaps, last time.Time, minInterval time.Duration, repor
 	// alive with its neighbours, serves only objects below 16 bytes.
 	sentinel := new([32]byte)
 	runtime.AddCleanup(sentinel, func(last time.Time) {
-		if time.Since(last) >= minInterval {
+		due := time.Since(last) >= minInterval
+		if due {
 			last = time.Now()
+		}
+
+		// The next sentinel is armed before the release, so a collection
+		// that starts while Release runs, or right after report returns,
+		// still has a sentinel to find.
+		armAfterGC(open, last, minInterval, report)
+		if due {
 			report(Release(open))
 		}
-		armAfterGC(open, last, minInterval, report)
 	}, last)
 }
 
