@@ -12,7 +12,7 @@ TEST_PACKAGES  := fuse-zip fuse3 unionfs-fuse busybox-static zip file util-linux
 BENCH_PACKAGES := $(TEST_PACKAGES) bubblewrap gcc libc6-dev
 FULL_PACKAGES  := $(TEST_PACKAGES) debootstrap debian-archive-keyring
 
-.PHONY: build test test-full test-unit demo bench bench-vm chaos deps bench-deps vet clean
+.PHONY: build test test-full test-unit demo bench bench-vm bench-scale-floor chaos deps bench-deps vet clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o fief .
@@ -46,7 +46,13 @@ demo: deps build
 
 bench: bench-deps build
 	./bench/run.sh
+	./bench/scale-floor.sh
 	./bench/vm.sh
+
+# The start of 200 vassals under fief next to two floors: a C emperor whose
+# vassal inits are C, and the same emperor with a minimal Go vassal init.
+bench-scale-floor: bench-deps build
+	./bench/scale-floor.sh
 
 # Boot time of fief init in QEMU alone, then the floor under it: the same
 # boot steps made by a static C /init, and the start of a minimal Go /init.
