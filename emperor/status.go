@@ -105,11 +105,13 @@ func (s *supervisor) handleStatusLine(line string, pid int) {
 	}
 	s.e.board.update(s, func(entry *statusEntry) {
 		switch {
+		case entry.status.Pid != pid && entry.status.Pid != 0:
+			// A late line of an init that a newer one has replaced.
 		case event.Error != "":
-			// Kept after the init exits: it is why it exited.
+			// Kept after the init exits, because it is why it exited.
 			entry.status.Error = event.Error
 		case entry.status.Pid != pid:
-			// A late line of an init that has been replaced.
+			// A late line of an init that has exited.
 		case event.Running:
 			entry.status.State = StateRunning
 			entry.status.Error = ""
