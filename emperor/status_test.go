@@ -5,49 +5,35 @@ import (
 	"testing"
 )
 
-// statusOf returns the status socket's view of s.
-func statusOf(t *testing.T, s *supervisor) VassalStatus {
-	t.Helper()
-	statuses := s.e.board.snapshot()
-	if len(statuses) != 1 {
-		t.Fatalf("expected 1 vassal on the board, found %d", len(statuses))
+func TestStatusLineByInitPid(t *testing.T) {
+	cases := []struct {
+		name       string
+		currentPid int    // the board's pid when the line arrives, 0 after an exit
+		line       string // written by init 42
+		wantError  string
+		wantState  string
+	}{
+		{"error of the running init", 42, `error "mount failed"`, "mount failed", StateStarting},
+		{"error of the exited init", 0, `error "mount failed"`, "mount failed", StateStarting},
+		{"error of a replaced init", 43, `error "mount failed"`, "", StateStarting},
+		{"running of the running init", 42, "running", "", StateRunning},
+		{"running of a replaced init", 43, "running", "", StateStarting},
 	}
-	return statuses[0]
-}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := newTestSupervisor(c.currentPid, io.Discard)
+			s.handleStatusLine(c.line, 42)
 
-func TestStatusLineErrorOfCurrentInit(t *testing.T) {
-	s := newTestSupervisor(42, io.Discard)
-	s.handleStatusLine(`error "mount failed"`, 42)
-
-	if got := statusOf(t, s).Error; got != "mount failed" {
-		t.Errorf("expected the error of the running init, got %q", got)
-	}
-}
-
-func TestStatusLineErrorOfExitedInit(t *testing.T) {
-	s := newTestSupervisor(42, io.Discard)
-	s.e.board.update(s, func(entry *statusEntry) { entry.status.Pid = 0 })
-	s.handleStatusLine(`error "mount failed"`, 42)
-
-	if got := statusOf(t, s).Error; got != "mount failed" {
-		t.Errorf("expected the error of the exited init to be kept, got %q", got)
-	}
-}
-
-func TestStatusLineErrorOfReplacedInit(t *testing.T) {
-	s := newTestSupervisor(43, io.Discard)
-	s.handleStatusLine(`error "mount failed"`, 42)
-
-	if got := statusOf(t, s).Error; got != "" {
-		t.Errorf("expected no error from the replaced init 42 on init 43, got %q", got)
-	}
-}
-
-func TestStatusLineRunningOfReplacedInit(t *testing.T) {
-	s := newTestSupervisor(43, io.Discard)
-	s.handleStatusLine("running", 42)
-
-	if got := statusOf(t, s).State; got != StateStarting {
-		t.Errorf("expected state %q after a line of the replaced init 42, got %q", StateStarting, got)
+			statuses := s.e.board.snapshot()
+			if len(statuses) != 1 {
+				t.Fatalf("expected 1 vassal on the board, found %d", len(statuses))
+			}
+			if statuses[0].Error != c.wantError {
+				t.Errorf("expected error %q, got %q", c.wantError, statuses[0].Error)
+			}
+			if statuses[0].State != c.wantState {
+				t.Errorf("expected state %q, got %q", c.wantState, statuses[0].State)
+			}
+		})
 	}
 }
