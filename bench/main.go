@@ -112,7 +112,7 @@ func parseFlags() (*config, error) {
 	flag.IntVar(&cfg.uwsgiHangs, "uwsgi-hangs", 1, "recovery section: SIGSTOP runs of uWSGI, each followed by the removal of the vassal file")
 	flag.DurationVar(&cfg.hangLimit, "hang-limit", 40*time.Second, "recovery section: how long a uWSGI vassal with a stopped fuse-zip is watched for a recovery")
 	flag.IntVar(&cfg.scaleVassals, "scale-vassals", 200, "scale section: vassals started at once")
-	flag.IntVar(&cfg.scaleRuns, "scale-runs", 3, "scale section: runs per emperor")
+	flag.IntVar(&cfg.scaleRuns, "scale-runs", 5, "scale section: runs per emperor")
 	flag.StringVar(&cfg.scaleApp, "scale-uwsgi-app", "static", "scale section: what the uWSGI vassals serve: static (index.html through the notfound plugin) or psgi (app.psgi)")
 	flag.DurationVar(&cfg.idleWindow, "idle-window", 10*time.Second, "scale section: how long the CPU time of the idle emperor is sampled")
 	flag.StringVar(&cfg.tiniPath, "tini", "/usr/bin/tini", "tini binary compared with fief --")
