@@ -65,32 +65,6 @@ func (s Status) String() string {
 	}
 }
 
-// Child is a process started through [Reaper.Start].
-type Child struct {
-	Pid int
-	// Done receives the child's status exactly once, then is never closed.
-	Done <-chan Status
-
-	process *os.Process
-	// reaped is set before the process handle is released, so a signal
-	// that fails because of the release is not reported as an error.
-	reaped *atomic.Bool
-}
-
-// Signal sends sig to the child. It goes through the child's pidfd, so it can
-// never reach another process that reused the pid. Signalling a child that
-// has already been reaped does nothing.
-func (c *Child) Signal(sig os.Signal) error {
-	if c.reaped.Load() {
-		return nil
-	}
-	err := c.process.Signal(sig)
-	if err == nil || errors.Is(err, os.ErrProcessDone) || c.reaped.Load() {
-		return nil
-	}
-	return err
-}
-
 // Reaper owns every wait for the children of this process.
 type Reaper struct {
 	// mu is held across fork and registration, so a child that exits at once
@@ -103,9 +77,8 @@ type Reaper struct {
 }
 
 type waiter struct {
-	done    chan Status
-	process *os.Process
-	reaped  *atomic.Bool
+	done   chan Status
+	handle *handle
 }
 
 // created makes sure one process has one reaper: two would take each other's
@@ -176,31 +149,6 @@ func (r *Reaper) Wait() (Status, error) {
 	}
 }
 
-// Start starts cmd and registers it. cmd's stdin, stdout and stderr must be
-// nil or *os.File: other readers and writers are copied by goroutines that
-// only exec.Cmd.Wait stops, and Wait is never called here.
-func (r *Reaper) Start(cmd *exec.Cmd) (*Child, error) {
-	for _, stream := range []any{cmd.Stdin, cmd.Stdout, cmd.Stderr} {
-		if stream == nil {
-			continue
-		}
-		if _, ok := stream.(*os.File); !ok {
-			return nil, fmt.Errorf("starting %q: stdio must be *os.File, got %T", cmd.Path, stream)
-		}
-	}
-
-	r.mu.Lock()
-	defer r.mu.Unlock()
-
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-
-	w := &waiter{done: make(chan Status, 1), process: cmd.Process, reaped: new(atomic.Bool)}
-	r.waiters[cmd.Process.Pid] = w
-	return &Child{Pid: cmd.Process.Pid, Done: w.done, process: cmd.Process, reaped: w.reaped}, nil
-}
-
 // Reap collects every child that has exited so far. The reaping goroutine
 // calls it on each SIGCHLD; callers may call it too, as a sweep.
 func (r *Reaper) Reap() {
@@ -232,10 +180,10 @@ func (r *Reaper) dispatch(status Status) {
 		return
 	}
 
-	w.reaped.Store(true)
+	// The handle is released before the status is sent, so a caller that
+	// has received from Done finds the pidfd closed and Signal a no-op.
+	w.handle.release()
 	w.done <- status
-	// Release closes the pidfd os.StartProcess kept; the process is gone.
-	_ = w.process.Release()
 }
 
 func (r *Reaper) loop() {
@@ -252,8 +200,13 @@ func (r *Reaper) Pending() int {
 }
 
 // IsExecNotFound reports whether err from [Reaper.Start] means the program
-// does not exist, as opposed to existing without being executable.
+// does not exist, as opposed to existing without being executable. A
+// missing working directory (cmd.Dir) is not a missing program.
 func IsExecNotFound(err error) bool {
+	var pathErr *os.PathError
+	if errors.As(err, &pathErr) && pathErr.Op == "chdir" {
+		return false
+	}
 	return errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT)
 }
 
