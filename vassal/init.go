@@ -480,22 +480,17 @@ func (v *vassalInit) tearDown(code int) int {
 // call also arms a release after each garbage collection, since the
 // collector's own code and tables fault about 1 MB back in every 2 minutes.
 func (v *vassalInit) releaseBinaryPages() {
-	v.logRelease(binpages.Release(v.openSmaps))
+	v.logRelease(binpages.Release(v.openProcSelf))
 	v.releaseArmed.Do(func() {
-		binpages.ReleaseAfterEachGC(v.openSmaps, releaseInterval, v.logRelease)
+		binpages.ReleaseAfterEachGC(v.openProcSelf, releaseInterval, v.logRelease)
 	})
 }
 
-// openSmaps opens the init's smaps file through its /proc directory
-// descriptor, which stays valid when a pivot_root leaves no /proc in the new
-// root.
-func (v *vassalInit) openSmaps() (io.ReadCloser, error) {
-	fd, err := unix.Openat(int(v.procDir.Fd()), "self/smaps", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		// binpages wraps it as the failed open of the smaps file.
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), "/proc/self/smaps"), nil
+// openProcSelf opens a file of the init's /proc/self directory through its
+// /proc directory descriptor, which stays valid when a pivot_root leaves no
+// /proc in the new root. binpages wraps an error with the file's path.
+func (v *vassalInit) openProcSelf(name string) (int, error) {
+	return unix.Openat(int(v.procDir.Fd()), "self/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 }
 
 // releaseInterval is the minimum time between two releases after garbage
