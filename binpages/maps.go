@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"iter"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -29,7 +30,9 @@ func readMaps(open OpenProcSelf) ([]byte, error) {
 	length := 0
 	for {
 		if length == len(buf) {
-			buf = append(buf, make([]byte, len(buf))...)
+			bigger := make([]byte, 2*len(buf))
+			copy(bigger, buf)
+			buf = bigger
 		}
 		n, err := unix.Read(fd, buf[length:])
 		if errors.Is(err, unix.EINTR) {
@@ -77,38 +80,53 @@ func (l mapsLine) mapping() Mapping {
 func findFileMappings(maps []byte, addr uintptr) ([]Mapping, error) {
 	var file mapsLine
 	found := false
-	// The read-only, private file mappings of the process. In a fief
-	// process these are the binary's text and rodata.
-	candidates := make([]mapsLine, 0, 4)
-	rest := maps
-	for number := 1; len(rest) > 0; number++ {
-		var text []byte
-		text, rest, _ = bytes.Cut(rest, []byte("\n"))
-		line, err := parseMapsLine(text)
+	for line, err := range mapsLines(maps) {
 		if err != nil {
-			return nil, fmt.Errorf("line %d of /proc/self/maps: %w", number, err)
+			return nil, err
 		}
 		if line.contains(addr) {
 			file, found = line, true
-		}
-		if line.inode != 0 && line.readOnlyPrivate() {
-			candidates = append(candidates, line)
+			break
 		}
 	}
-
 	if !found {
 		return nil, fmt.Errorf("finding the mapping of address %#x in /proc/self/maps: no mapping contains it", addr)
 	}
 	if file.inode == 0 {
 		return nil, fmt.Errorf("finding the binary's mapping: address %#x lies in %x-%x, which is not backed by a file", addr, file.start, file.end)
 	}
-	mappings := make([]Mapping, 0, len(candidates))
-	for _, line := range candidates {
-		if line.inode == file.inode && bytes.Equal(line.device, file.device) {
+
+	// A Go binary has a text and a read-only data mapping.
+	mappings := make([]Mapping, 0, 2)
+	for line, err := range mapsLines(maps) {
+		if err != nil {
+			return nil, err
+		}
+		if line.inode == file.inode && bytes.Equal(line.device, file.device) && line.readOnlyPrivate() {
 			mappings = append(mappings, line.mapping())
 		}
 	}
 	return mappings, nil
+}
+
+// mapsLines yields the parsed lines of maps. At the first invalid line it
+// yields the error and stops.
+func mapsLines(maps []byte) iter.Seq2[mapsLine, error] {
+	return func(yield func(mapsLine, error) bool) {
+		rest := maps
+		for number := 1; len(rest) > 0; number++ {
+			var text []byte
+			text, rest, _ = bytes.Cut(rest, []byte("\n"))
+			line, err := parseMapsLine(text)
+			if err != nil {
+				yield(mapsLine{}, fmt.Errorf("line %d of /proc/self/maps: %w", number, err))
+				return
+			}
+			if !yield(line, nil) {
+				return
+			}
+		}
+	}
 }
 
 // parseMapsLine parses a line of the maps format of proc_pid_maps(5):

@@ -20,8 +20,8 @@ const (
 const pagemapEntrySize = 8
 
 // countPages sets Rss and Anonymous of each mapping from its entries in
-// /proc/self/pagemap, read with one pread per mapping into buf, which grows
-// when it is too small.
+// /proc/self/pagemap, read with one pread per mapping into buf, which is
+// replaced once when it is too small for the largest mapping.
 func countPages(open OpenProcSelf, mappings []Mapping, buf []byte) error {
 	fd, err := open("pagemap")
 	if err != nil {
@@ -30,13 +30,20 @@ func countPages(open OpenProcSelf, mappings []Mapping, buf []byte) error {
 	defer unix.Close(fd)
 
 	pageSize := uintptr(unix.Getpagesize())
+	entriesSize := func(m Mapping) int {
+		return int((m.End - m.Start) / pageSize * pagemapEntrySize)
+	}
+	largest := 0
+	for _, m := range mappings {
+		largest = max(largest, entriesSize(m))
+	}
+	if cap(buf) < largest {
+		buf = make([]byte, largest)
+	}
+
 	for i := range mappings {
 		m := &mappings[i]
-		size := int((m.End - m.Start) / pageSize * pagemapEntrySize)
-		if cap(buf) < size {
-			buf = make([]byte, size)
-		}
-		entries := buf[:size]
+		entries := buf[:entriesSize(*m)]
 		offset := int64(m.Start / pageSize * pagemapEntrySize)
 		if err := preadFull(fd, entries, offset); err != nil {
 			return fmt.Errorf("reading the pagemap entries of %s %x-%x: %w", m.Path, m.Start, m.End, err)
