@@ -19,39 +19,47 @@
 // madvise(2) describes the alternatives: MADV_COLD only marks pages as
 // reclaim targets and leaves the RSS as it is, and MADV_PAGEOUT reclaims
 // them, so the next fault reads the file from disk again.
+//
+// [Release] finds the binary's mappings in /proc/self/maps, which the kernel
+// prints without walking page tables. It then reads the /proc/self/pagemap
+// entries of those mappings only, one 64-bit entry per page, to count their
+// resident and anonymous pages. /proc/self/smaps holds the same counts, but
+// the kernel walks the page tables of every mapping to print it.
+//
+// proc_pid_pagemap(5) and Documentation/admin-guide/mm/pagemap.rst of the
+// Linux source describe the entries. Since Linux 4.2 a process without
+// CAP_SYS_ADMIN may read its own entries, with the page frame numbers
+// zeroed. On Linux 4.0 and 4.1 its open fails with EPERM. The file flag
+// (bit 61) exists since Linux 3.5. On older kernels every resident page
+// reads as anonymous, so Release drops nothing.
 package binpages
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
-	"io"
-	"os"
 	"reflect"
 	"runtime"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// Mapping is one entry of /proc/PID/smaps with the fields binpages uses.
+// Mapping is a mapping of the binary: a line of /proc/PID/maps with the
+// resident and anonymous bytes that its pagemap entries show.
 type Mapping struct {
 	Start, End uintptr
 	Perms      string // such as "r-xp"
 	Device     string // major:minor in hex, as the kernel prints it
 	Inode      uint64
-	Path       string
-	Rss        int64 // resident bytes
-	Anonymous  int64 // bytes of anonymous pages, such as copies of written private pages
+	Path       string // ends in " (deleted)" once the file is removed
+	Rss        int64  // resident bytes
+	Anonymous  int64  // bytes of anonymous pages, such as copies of written private pages
 }
 
 // Writable reports whether the mapping allows writes.
-func (m Mapping) Writable() bool { return strings.Contains(m.Perms, "w") }
+func (m Mapping) Writable() bool { return len(m.Perms) > 1 && m.Perms[1] == 'w' }
 
 // Private reports whether the mapping is private (copy-on-write).
-func (m Mapping) Private() bool { return strings.HasSuffix(m.Perms, "p") }
+func (m Mapping) Private() bool { return len(m.Perms) > 3 && m.Perms[3] == 'p' }
 
 // Contains reports whether addr lies in the mapping.
 func (m Mapping) Contains(addr uintptr) bool { return m.Start <= addr && addr < m.End }
@@ -75,33 +83,35 @@ func (r Result) Bytes() int64 {
 	return total
 }
 
-// OpenSmaps opens the smaps file of the calling process.
-type OpenSmaps func() (io.ReadCloser, error)
+// OpenProcSelf opens name, a file of the calling process's /proc/self
+// directory ("maps" or "pagemap"), read-only, and returns its descriptor.
+// [Release] closes the descriptor.
+type OpenProcSelf func(name string) (fd int, err error)
 
 // Release drops the resident pages of the running binary's read-only,
 // private, file-backed mappings from this process's page tables. The
 // writable data and bss segments, the heap, stacks and the vDSO are never
 // touched.
 //
-// It reads the mappings from the file that open returns, or from
-// /proc/self/smaps when open is nil. A process whose root may lack /proc,
-// such as a vassal init after pivot_root, opens "self/smaps" through a
-// descriptor of its /proc instead.
+// It opens the files it reads with open, or under /proc/self when open is
+// nil. A process whose root may lack /proc, such as a vassal init after
+// pivot_root, opens them through a descriptor of its /proc instead.
 //
 // NOTE: a debugger that writes a breakpoint into the text between the read
-// of smaps and the madvise call loses that breakpoint.
-func Release(open OpenSmaps) (Result, error) {
-	if open == nil {
-		open = openSelfSmaps
-	}
-	mappings, err := readSmaps(open)
+// of pagemap and the madvise call loses that breakpoint.
+func Release(open OpenProcSelf) (Result, error) {
+	return release(open, textAddress())
+}
+
+// release drops the read-only, private mappings of the file whose mapping
+// contains addr.
+func release(open OpenProcSelf, addr uintptr) (Result, error) {
+	mappings, err := readFileMappings(open, addr)
 	if err != nil {
 		return Result{}, err
 	}
-	result, err := selectBinary(mappings, textAddress())
-	if err != nil {
-		return Result{}, err
-	}
+
+	result := splitWritten(mappings)
 	for i, m := range result.Dropped {
 		_, _, errno := unix.Syscall(unix.SYS_MADVISE, m.Start, m.End-m.Start, unix.MADV_DONTNEED)
 		if errno != 0 {
@@ -112,6 +122,28 @@ func Release(open OpenSmaps) (Result, error) {
 	return result, nil
 }
 
+// readFileMappings returns the read-only, private mappings of the file
+// whose mapping contains addr, with their resident and anonymous bytes.
+func readFileMappings(open OpenProcSelf, addr uintptr) ([]Mapping, error) {
+	if open == nil {
+		open = openProcSelf
+	}
+	buf, err := readMaps(open)
+	if err != nil {
+		return nil, err
+	}
+	mappings, err := findFileMappings(buf, addr)
+	if err != nil {
+		return nil, err
+	}
+	// The mappings hold copies of the text they need, so buf is free for
+	// the pagemap entries.
+	if err := countPages(open, mappings, buf); err != nil {
+		return nil, err
+	}
+	return mappings, nil
+}
+
 // ReleaseAfterEachGC calls [Release] after each garbage collection that ends
 // at least minInterval after the previous call, and passes each outcome to
 // report. It returns at once, and report runs on a runtime cleanup goroutine.
@@ -120,14 +152,14 @@ func Release(open OpenSmaps) (Result, error) {
 // runtime/proc.go of Go 1.26). A collection runs the collector's code and
 // reads the stack maps of every goroutine's frames in pclntab. In an idle
 // fief process that faults about 1 MB of the binary back in.
-func ReleaseAfterEachGC(open OpenSmaps, minInterval time.Duration, report func(Result, error)) {
+func ReleaseAfterEachGC(open OpenProcSelf, minInterval time.Duration, report func(Result, error)) {
 	armAfterGC(open, time.Now(), minInterval, report)
 }
 
 // armAfterGC attaches the next call to the collection of a new object. A
 // cleanup runs after the collection that finds its object unreachable, and
 // each run arms the next, so exactly one object is armed at a time.
-func armAfterGC(open OpenSmaps, last time.Time, minInterval time.Duration, report func(Result, error)) {
+func armAfterGC(open OpenProcSelf, last time.Time, minInterval time.Duration, report func(Result, error)) {
 	// 32 pointer-free bytes: the tiny allocator, which may keep an object
 	// alive with its neighbours, serves only objects below 16 bytes.
 	sentinel := new([32]byte)
@@ -153,152 +185,20 @@ func textAddress() uintptr {
 	return reflect.ValueOf(Release).Pointer()
 }
 
-// selectBinary picks from mappings the read-only, private mappings of the
-// file whose mapping contains text. Mappings with anonymous pages go to
-// Skipped.
-func selectBinary(mappings []Mapping, text uintptr) (Result, error) {
-	var binary *Mapping
-	for i := range mappings {
-		if mappings[i].Contains(text) {
-			binary = &mappings[i]
-			break
-		}
-	}
-	if binary == nil {
-		return Result{}, fmt.Errorf("finding the mapping of address %#x in smaps: no mapping contains it", text)
-	}
-	if binary.Inode == 0 {
-		return Result{}, fmt.Errorf("finding the binary's mapping: address %#x lies in %x-%x, which is not backed by a file", text, binary.Start, binary.End)
-	}
-
+// splitWritten sorts mappings into those to drop and those with anonymous
+// pages, which go to Skipped.
+func splitWritten(mappings []Mapping) Result {
 	var result Result
 	for _, m := range mappings {
-		if m.Device != binary.Device || m.Inode != binary.Inode || m.Writable() || !m.Private() {
-			continue
-		}
 		if m.Anonymous > 0 {
 			result.Skipped = append(result.Skipped, m)
 			continue
 		}
 		result.Dropped = append(result.Dropped, m)
 	}
-	return result, nil
+	return result
 }
 
-func openSelfSmaps() (io.ReadCloser, error) {
-	return os.Open("/proc/self/smaps")
-}
-
-// readSmaps reads the mappings of the smaps file that open returns.
-func readSmaps(open OpenSmaps) ([]Mapping, error) {
-	file, err := open()
-	if err != nil {
-		return nil, fmt.Errorf("opening the smaps file: %w", err)
-	}
-	defer file.Close()
-	mappings, err := parseSmaps(file)
-	if err != nil {
-		return nil, fmt.Errorf("reading the smaps file: %w", err)
-	}
-	return mappings, nil
-}
-
-// parseSmaps parses the format of proc(5) smaps: a header line per mapping
-// ("start-end perms offset dev inode [path]") followed by "Key: value kB"
-// lines. Only header lines are split into fields, because a process has
-// about 25 key lines per mapping and the parse should leave little garbage.
-func parseSmaps(r io.Reader) ([]Mapping, error) {
-	var mappings []Mapping
-	scanner := bufio.NewScanner(r)
-	line := 0
-	for scanner.Scan() {
-		line++
-		text := scanner.Bytes()
-		first, rest, _ := bytes.Cut(text, []byte(" "))
-		if len(first) == 0 {
-			continue
-		}
-		if key, isField := bytes.CutSuffix(first, []byte(":")); isField {
-			if len(mappings) == 0 {
-				return nil, fmt.Errorf("line %d: %q comes before any mapping", line, text)
-			}
-			if err := setField(&mappings[len(mappings)-1], key, rest); err != nil {
-				return nil, fmt.Errorf("line %d: %w", line, err)
-			}
-			continue
-		}
-		m, err := parseHeader(bytes.Fields(text))
-		if err != nil {
-			return nil, fmt.Errorf("line %d: %w", line, err)
-		}
-		mappings = append(mappings, m)
-	}
-	if err := scanner.Err(); err != nil {
-		return nil, err
-	}
-	return mappings, nil
-}
-
-// parseHeader parses the fields of a mapping's first line.
-func parseHeader(fields [][]byte) (Mapping, error) {
-	if len(fields) < 5 {
-		return Mapping{}, fmt.Errorf("invalid mapping line %q: want at least 5 fields", bytes.Join(fields, []byte(" ")))
-	}
-
-	bounds := string(fields[0])
-	startText, endText, ok := strings.Cut(bounds, "-")
-	if !ok {
-		return Mapping{}, fmt.Errorf("invalid address range %q: want START-END", bounds)
-	}
-	start, err := strconv.ParseUint(startText, 16, 64)
-	if err != nil {
-		return Mapping{}, fmt.Errorf("invalid address range %q: %w", bounds, err)
-	}
-	end, err := strconv.ParseUint(endText, 16, 64)
-	if err != nil {
-		return Mapping{}, fmt.Errorf("invalid address range %q: %w", bounds, err)
-	}
-
-	inode, err := strconv.ParseUint(string(fields[4]), 10, 64)
-	if err != nil {
-		return Mapping{}, fmt.Errorf("invalid inode %q: %w", fields[4], err)
-	}
-
-	m := Mapping{
-		Start:  uintptr(start),
-		End:    uintptr(end),
-		Perms:  string(fields[1]),
-		Device: string(fields[3]),
-		Inode:  inode,
-	}
-	if len(fields) > 5 {
-		// The path may contain spaces, and a deleted file ends in
-		// " (deleted)".
-		m.Path = string(bytes.Join(fields[5:], []byte(" ")))
-	}
-	return m, nil
-}
-
-// setField stores the "Rss" and "Anonymous" sizes and ignores other keys.
-// value is the rest of the line after "Key:", such as "   1344 kB".
-func setField(m *Mapping, key, value []byte) error {
-	var target *int64
-	switch string(key) {
-	case "Rss":
-		target = &m.Rss
-	case "Anonymous":
-		target = &m.Anonymous
-	default:
-		return nil
-	}
-	number, isKB := bytes.CutSuffix(bytes.TrimSpace(value), []byte(" kB"))
-	if !isKB {
-		return fmt.Errorf("invalid %s value %q: want N kB", key, bytes.TrimSpace(value))
-	}
-	kb, err := strconv.ParseInt(string(bytes.TrimSpace(number)), 10, 64)
-	if err != nil {
-		return fmt.Errorf("invalid %s value %q: %w", key, number, err)
-	}
-	*target = kb * 1024
-	return nil
+func openProcSelf(name string) (int, error) {
+	return unix.Open("/proc/self/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 }

@@ -3,15 +3,19 @@ package binpages
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
+	"math/bits"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,16 +45,16 @@ func readRssFile(t *testing.T) int64 {
 // binaryMappings returns the mappings that Release would drop right now.
 func binaryMappings(t *testing.T) []Mapping {
 	t.Helper()
-	mappings, err := readSmaps(openSelfSmaps)
+	mappings, err := readFileMappings(nil, textAddress())
 	if err != nil {
 		t.Fatal(err)
 	}
-	result, err := selectBinary(mappings, textAddress())
-	if err != nil {
-		t.Fatal(err)
+	result := splitWritten(mappings)
+	if len(result.Skipped) != 0 {
+		t.Fatalf("mappings of the test binary with anonymous pages:\n%s", describe(result.Skipped))
 	}
 	if len(result.Dropped) == 0 {
-		t.Fatalf("no read-only mapping of the test binary found in %d mappings", len(mappings))
+		t.Fatal("no read-only mapping of the test binary found")
 	}
 	return result.Dropped
 }
@@ -140,101 +144,160 @@ func TestReleaseLowersRssFile(t *testing.T) {
 	}
 }
 
-// smapsSample is in the format of /proc/PID/smaps. Its first four mappings
-// come from a vassal init, cut to the fields the parser reads and one it
-// ignores (Size). The others are made up: another file, a text mapping with a
-// written page, a shared mapping, the stack and the vDSO.
-const smapsSample = `00400000-00560000 r-xp 00000000 fe:01 1311 /usr/local/bin/fief
-Size:               1408 kB
-Rss:                1344 kB
-Anonymous:             0 kB
-00560000-006f0000 r--p 00160000 fe:01 1311 /usr/local/bin/fief
-Size:               1600 kB
-Rss:                1600 kB
-Anonymous:             0 kB
-006f0000-00703000 rw-p 002f0000 fe:01 1311 /usr/local/bin/fief
-Rss:                  76 kB
-Anonymous:            24 kB
+// mapsSample is in the format of /proc/PID/maps, with the kernel's
+// alignment of the path. Its first four lines come from a vassal init. The
+// others are made up: a file with a space in its path, a shared mapping of
+// the binary, the binary's inode on another device, a removed binary, the
+// stack and the vDSO.
+const mapsSample = `00400000-00560000 r-xp 00000000 fe:01 1311                               /usr/local/bin/fief
+00560000-006f0000 r--p 00160000 fe:01 1311                               /usr/local/bin/fief
+006f0000-00703000 rw-p 002f0000 fe:01 1311                               /usr/local/bin/fief
 00703000-00739000 rw-p 00000000 00:00 0 
-Rss:                  80 kB
-Anonymous:            80 kB
-7f0000000000-7f0000010000 r-xp 00000000 fe:01 1312 /usr/lib/other file.so
-Rss:                  64 kB
-Anonymous:             0 kB
-7f0000010000-7f0000020000 r-xp 00010000 fe:01 1311 /usr/local/bin/fief
-Rss:                   8 kB
-Anonymous:             4 kB
-7f0000020000-7f0000030000 r--s 00000000 fe:01 1311 /usr/local/bin/fief
-Rss:                   8 kB
-Anonymous:             0 kB
+7f0000000000-7f0000010000 r-xp 00000000 fe:01 1312                       /usr/lib/other file.so
+7f0000010000-7f0000020000 r--s 00000000 fe:01 1311                       /usr/local/bin/fief
+7f0000020000-7f0000030000 r-xp 00000000 08:01 1311                       /mnt/same inode
+7f0000030000-7f0000040000 r-xp 00000000 fe:01 2000                       /tmp/old fief (deleted)
+7f0000040000-7f0000050000 r--p 00010000 fe:01 2000                       /tmp/old fief (deleted)
 7ffd20fc5000-7ffd20fe6000 rw-p 00000000 00:00 0                          [stack]
-Rss:                  20 kB
-Anonymous:            20 kB
-7f0352acd000-7f0352acf000 r-xp 00000000 00:00 0                          [vdso]
-Rss:                   8 kB
-Anonymous:             0 kB
+7ffd20ff1000-7ffd20ff3000 r-xp 00000000 00:00 0                          [vdso]
 `
 
-func TestParseSmapsSample(t *testing.T) {
-	mappings, err := parseSmaps(strings.NewReader(smapsSample))
+// sampleLine returns line number (from 1) of mapsSample.
+func sampleLine(t *testing.T, number int) []byte {
+	t.Helper()
+	lines := strings.Split(mapsSample, "\n")
+	return []byte(lines[number-1])
+}
+
+func TestParseMapsLineText(t *testing.T) {
+	line, err := parseMapsLine(sampleLine(t, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mappings) != 9 {
-		t.Fatalf("parsed %d mappings, want 9:\n%s", len(mappings), describe(mappings))
+	if line.start != 0x400000 || line.end != 0x560000 {
+		t.Errorf("range = %x-%x, want 400000-560000", line.start, line.end)
 	}
-
-	text := mappings[0]
-	if text.Start != 0x400000 || text.End != 0x560000 {
-		t.Errorf("text range = %x-%x, want 400000-560000", text.Start, text.End)
+	if string(line.perms) != "r-xp" {
+		t.Errorf("perms = %q, want %q", line.perms, "r-xp")
 	}
-	if text.Perms != "r-xp" {
-		t.Errorf("text Perms = %q, want %q", text.Perms, "r-xp")
+	if string(line.device) != "fe:01" {
+		t.Errorf("device = %q, want %q", line.device, "fe:01")
 	}
-	if text.Device != "fe:01" {
-		t.Errorf("text Device = %q, want %q", text.Device, "fe:01")
+	if line.inode != 1311 {
+		t.Errorf("inode = %d, want 1311", line.inode)
 	}
-	if text.Inode != 1311 {
-		t.Errorf("text Inode = %d, want 1311", text.Inode)
-	}
-	if text.Path != "/usr/local/bin/fief" {
-		t.Errorf("text Path = %q, want %q", text.Path, "/usr/local/bin/fief")
-	}
-	if text.Rss != 1344*1024 {
-		t.Errorf("text Rss = %d, want %d", text.Rss, 1344*1024)
-	}
-
-	if mappings[2].Anonymous != 24*1024 {
-		t.Errorf("data Anonymous = %d, want %d", mappings[2].Anonymous, 24*1024)
-	}
-	if mappings[4].Path != "/usr/lib/other file.so" {
-		t.Errorf("path with a space = %q, want %q", mappings[4].Path, "/usr/lib/other file.so")
-	}
-	if mappings[3].Path != "" {
-		t.Errorf("anonymous mapping Path = %q, want none", mappings[3].Path)
-	}
-	if mappings[3].Inode != 0 {
-		t.Errorf("anonymous mapping Inode = %d, want 0", mappings[3].Inode)
+	if string(line.path) != "/usr/local/bin/fief" {
+		t.Errorf("path = %q, want %q", line.path, "/usr/local/bin/fief")
 	}
 }
 
-func TestSelectBinaryKeepsReadOnlyPrivate(t *testing.T) {
-	mappings, err := parseSmaps(strings.NewReader(smapsSample))
-	if err != nil {
-		t.Fatal(err)
-	}
-	result, err := selectBinary(mappings, 0x401234)
-	if err != nil {
-		t.Fatal(err)
+func TestParseMapsLinePaths(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		number int
+		path   string
+	}{
+		{"anonymous", 4, ""},
+		{"space", 5, "/usr/lib/other file.so"},
+		{"deleted", 8, "/tmp/old fief (deleted)"},
+		{"stack", 10, "[stack]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			line, err := parseMapsLine(sampleLine(t, tc.number))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(line.path) != tc.path {
+				t.Errorf("path = %q, want %q", line.path, tc.path)
+			}
+		})
 	}
 
-	got := describe(result.Dropped)
+	anonymous, err := parseMapsLine(sampleLine(t, 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if anonymous.inode != 0 {
+		t.Errorf("anonymous mapping inode = %d, want 0", anonymous.inode)
+	}
+}
+
+func TestParseMapsLineInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		name, text, want string
+	}{
+		{"empty", "", "want at least 5 fields"},
+		{"short", "00400000-00560000 r-xp 00000000 fe:01", "want at least 5 fields"},
+		{"range without dash", "00400000 r-xp 00000000 fe:01 1311", "want START-END"},
+		{"range not hex", "0040000g-00560000 r-xp 00000000 fe:01 1311", "invalid address range"},
+		{"permissions too short", "00400000-00560000 r-x 00000000 fe:01 1311", "invalid permissions"},
+		{"inode not a number", "00400000-00560000 r-xp 00000000 fe:01 x", "invalid inode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseMapsLine([]byte(tc.text))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestFindFileMappingsBinary(t *testing.T) {
+	mappings, err := findFileMappings([]byte(mapsSample), 0x401234)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := describe(mappings)
 	want := "400000-560000 r-xp fe:01 1311 /usr/local/bin/fief\n560000-6f0000 r--p fe:01 1311 /usr/local/bin/fief\n"
+	if got != want {
+		t.Errorf("mappings:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestFindFileMappingsDeletedBinary(t *testing.T) {
+	mappings, err := findFileMappings([]byte(mapsSample), 0x7f0000038000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := describe(mappings)
+	want := "7f0000030000-7f0000040000 r-xp fe:01 2000 /tmp/old fief (deleted)\n7f0000040000-7f0000050000 r--p fe:01 2000 /tmp/old fief (deleted)\n"
+	if got != want {
+		t.Errorf("mappings:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestFindFileMappingsAddressNotInFile(t *testing.T) {
+	if _, err := findFileMappings([]byte(mapsSample), 0x703000); err == nil || !strings.Contains(err.Error(), "not backed by a file") {
+		t.Errorf("address in an anonymous mapping: err = %v, want an error containing %q", err, "not backed by a file")
+	}
+	if _, err := findFileMappings([]byte(mapsSample), 0x100); err == nil || !strings.Contains(err.Error(), "no mapping contains it") {
+		t.Errorf("address in no mapping: err = %v, want an error containing %q", err, "no mapping contains it")
+	}
+}
+
+func TestFindFileMappingsInvalidLine(t *testing.T) {
+	maps := mapsSample + "7fff00000000-7fff00001000 r-xp 00000000 fe:01\n"
+	_, err := findFileMappings([]byte(maps), 0x401234)
+	if err == nil || !strings.Contains(err.Error(), "line 12 of /proc/self/maps") {
+		t.Errorf("err = %v, want an error containing %q", err, "line 12 of /proc/self/maps")
+	}
+}
+
+func TestSplitWrittenSkipsAnonymous(t *testing.T) {
+	mappings := []Mapping{
+		{Start: 0x400000, End: 0x560000, Perms: "r-xp", Rss: 1344 * 1024},
+		{Start: 0x560000, End: 0x6f0000, Perms: "r--p", Rss: 1600 * 1024},
+		{Start: 0x7f0000010000, End: 0x7f0000020000, Perms: "r-xp", Rss: 8 * 1024, Anonymous: 4 * 1024},
+	}
+	result := splitWritten(mappings)
+
+	got := describe(result.Dropped)
+	want := "400000-560000 r-xp  0 \n560000-6f0000 r--p  0 \n"
 	if got != want {
 		t.Errorf("dropped:\n%s\nwant:\n%s", got, want)
 	}
 	got = describe(result.Skipped)
-	want = "7f0000010000-7f0000020000 r-xp fe:01 1311 /usr/local/bin/fief\n"
+	want = "7f0000010000-7f0000020000 r-xp  0 \n"
 	if got != want {
 		t.Errorf("skipped:\n%s\nwant:\n%s", got, want)
 	}
@@ -243,67 +306,161 @@ func TestSelectBinaryKeepsReadOnlyPrivate(t *testing.T) {
 	}
 }
 
-func TestSelectBinaryAddressNotInFile(t *testing.T) {
-	mappings, err := parseSmaps(strings.NewReader(smapsSample))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := selectBinary(mappings, 0x703000); err == nil || !strings.Contains(err.Error(), "not backed by a file") {
-		t.Errorf("address in an anonymous mapping: err = %v, want an error containing %q", err, "not backed by a file")
-	}
-	if _, err := selectBinary(mappings, 0x100); err == nil || !strings.Contains(err.Error(), "no mapping contains it") {
-		t.Errorf("address in no mapping: err = %v, want an error containing %q", err, "no mapping contains it")
-	}
-}
-
-func TestParseSmapsInvalid(t *testing.T) {
+func TestCountEntriesFlags(t *testing.T) {
+	const pageSize = 4096
 	for _, tc := range []struct {
-		name, text, want string
+		name           string
+		entry          uint64
+		rss, anonymous int64
 	}{
-		{"field before mapping", "Rss: 4 kB\n", "comes before any mapping"},
-		{"short header", "00400000-00560000 r-xp 00000000 fe:01\n", "want at least 5 fields"},
-		{"range without dash", "00400000 r-xp 00000000 fe:01 1311\n", "want START-END"},
-		{"range not hex", "0040000g-00560000 r-xp 00000000 fe:01 1311\n", "invalid address range"},
-		{"inode not a number", "00400000-00560000 r-xp 00000000 fe:01 x\n", "invalid inode"},
-		{"size without unit", "00400000-00560000 r-xp 00000000 fe:01 1311\nRss: 4\n", "want N kB"},
-		{"size not a number", "00400000-00560000 r-xp 00000000 fe:01 1311\nAnonymous: x kB\n", "invalid Anonymous value"},
+		{"not mapped", 0, 0, 0},
+		{"file page", pagemapPresent | pagemapFile, pageSize, 0},
+		{"written copy", pagemapPresent, pageSize, pageSize},
+		{"swapped copy", pagemapSwapped, 0, pageSize},
+		{"file page under migration", pagemapSwapped | pagemapFile, 0, 0},
+		{"soft-dirty file page", pagemapPresent | pagemapFile | 1<<55, pageSize, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseSmaps(bytes.NewBufferString(tc.text))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("err = %v, want an error containing %q", err, tc.want)
+			entries := binary.NativeEndian.AppendUint64(nil, tc.entry)
+			rss, anonymous := countEntries(entries, pageSize)
+			if rss != tc.rss {
+				t.Errorf("rss = %d, want %d", rss, tc.rss)
+			}
+			if anonymous != tc.anonymous {
+				t.Errorf("anonymous = %d, want %d", anonymous, tc.anonymous)
 			}
 		})
 	}
 }
 
-// TestParseSmapsAllocationsPerMapping counts heap allocations, not time. The
-// key lines, about 25 per mapping, must not allocate, so the count grows with
-// the mappings and not with the lines.
-func TestParseSmapsAllocationsPerMapping(t *testing.T) {
-	smaps, err := os.ReadFile("/proc/self/smaps")
+// tempFile returns a file of the given number of pages, opened read-only.
+func tempFile(t *testing.T, pages int) *os.File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pages")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("a"), pages*os.Getpagesize()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mappings, err := parseSmaps(bytes.NewReader(smaps))
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := bytes.Count(smaps, []byte("\n"))
+	t.Cleanup(func() { file.Close() })
+	return file
+}
 
-	reader := bytes.NewReader(smaps)
+// mapPrivate maps all of file privately with the protection prot.
+func mapPrivate(t *testing.T, file *os.File, prot int) []byte {
+	t.Helper()
+	info, err := file.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := unix.Mmap(int(file.Fd()), 0, int(info.Size()), prot, unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatalf("mapping %s: %v", file.Name(), err)
+	}
+	t.Cleanup(func() { unix.Munmap(data) })
+	return data
+}
+
+func rangeOf(data []byte) Mapping {
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(data)))
+	return Mapping{Start: start, End: start + uintptr(len(data))}
+}
+
+// readSink keeps the compiler from dropping reads done only to fault pages
+// in.
+var readSink byte
+
+func TestCountPagesWrittenPageIsAnonymous(t *testing.T) {
+	pageSize := os.Getpagesize()
+	data := mapPrivate(t, tempFile(t, 4), unix.PROT_READ|unix.PROT_WRITE)
+	readSink = data[0]
+	data[pageSize] = 'b'
+
+	mappings := []Mapping{rangeOf(data)}
+	if err := countPages(openProcSelf, mappings, nil); err != nil {
+		t.Fatal(err)
+	}
+	if mappings[0].Anonymous != int64(pageSize) {
+		t.Errorf("Anonymous = %d, want one page of %d bytes", mappings[0].Anonymous, pageSize)
+	}
+	// The read maps page 0 from the file, and the kernel may map pages 2
+	// and 3 around it.
+	if mappings[0].Rss < 2*int64(pageSize) || mappings[0].Rss > 4*int64(pageSize) {
+		t.Errorf("Rss = %d, want 2 to 4 pages of %d bytes", mappings[0].Rss, pageSize)
+	}
+}
+
+func TestReleaseSkipsWrittenMapping(t *testing.T) {
+	pageSize := os.Getpagesize()
+	file := tempFile(t, 4)
+
+	// A read-only private mapping with a written page, as a debugger's
+	// breakpoint leaves the text, and a clean one of the same file.
+	written := mapPrivate(t, file, unix.PROT_READ|unix.PROT_WRITE)
+	written[pageSize] = 'b'
+	if err := unix.Mprotect(written, unix.PROT_READ); err != nil {
+		t.Fatal(err)
+	}
+	clean := mapPrivate(t, file, unix.PROT_READ)
+	readSink = clean[0]
+
+	result, err := release(nil, rangeOf(written).Start)
+	if err != nil {
+		t.Fatalf("release: %v", err)
+	}
+	if len(result.Skipped) != 1 || result.Skipped[0].Start != rangeOf(written).Start {
+		t.Errorf("skipped:\n%s\nwant only the written mapping at %x", describe(result.Skipped), rangeOf(written).Start)
+	}
+	if len(result.Dropped) != 1 || result.Dropped[0].Start != rangeOf(clean).Start {
+		t.Fatalf("dropped:\n%s\nwant only the clean mapping at %x", describe(result.Dropped), rangeOf(clean).Start)
+	}
+	if result.Bytes() == 0 {
+		t.Error("Bytes = 0, want the resident bytes of the clean mapping")
+	}
+
+	mappings := []Mapping{rangeOf(written), rangeOf(clean)}
+	if err := countPages(openProcSelf, mappings, nil); err != nil {
+		t.Fatal(err)
+	}
+	if mappings[0].Anonymous != int64(pageSize) {
+		t.Errorf("written mapping Anonymous after release = %d, want one page of %d bytes", mappings[0].Anonymous, pageSize)
+	}
+	if mappings[1].Rss != 0 {
+		t.Errorf("clean mapping Rss after release = %d, want 0", mappings[1].Rss)
+	}
+	if written[pageSize] != 'b' {
+		t.Errorf("written byte = %q after release, want %q", written[pageSize], 'b')
+	}
+}
+
+// TestReadFileMappingsAllocations counts heap allocations, not time. Lines of
+// maps that are not the binary's must not allocate.
+func TestReadFileMappingsAllocations(t *testing.T) {
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Count(maps, []byte("\n"))
+	mappings, err := readFileMappings(nil, textAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	allocations := testing.AllocsPerRun(10, func() {
-		reader.Reset(smaps)
-		if _, err := parseSmaps(reader); err != nil {
+		if _, err := readFileMappings(nil, textAddress()); err != nil {
 			t.Fatal(err)
 		}
 	})
-	t.Logf("%v allocations for %d mappings in %d lines", allocations, len(mappings), lines)
-	// Each header line allocates its fields, perms, device and path, and
-	// at times a larger mappings slice. The scanner allocates its buffer
-	// once.
-	if limit := float64(6*len(mappings) + 16); allocations > limit {
-		t.Errorf("parseSmaps made %v allocations for %d mappings in %d lines, want at most %v", allocations, len(mappings), lines, limit)
+	t.Logf("%v allocations for %d mappings of the binary in %d lines", allocations, len(mappings), lines)
+	// The allocations are the path of each of the two opens, the maps
+	// buffer and one more for each time it doubles, and the mappings slice.
+	// Each mapping adds three strings. A pagemap buffer is added when the
+	// maps buffer is too small for the entries of the largest mapping.
+	doublings := bits.Len(uint(len(maps) / mapsBufferSize))
+	if limit := float64(5 + doublings + 3*len(mappings)); allocations > limit {
+		t.Errorf("readFileMappings made %v allocations for %d mappings of the binary in %d lines, want at most %v", allocations, len(mappings), lines, limit)
 	}
 }
 
@@ -313,9 +470,22 @@ func TestReleaseAfterEachGCFollowsCollections(t *testing.T) {
 		err    error
 	}
 	outcomes := make(chan outcome, 4)
-	ReleaseAfterEachGC(nil, 0, func(result Result, err error) {
-		// The hook stays armed after the test, so later calls drop
-		// their outcome instead of blocking the cleanup goroutine.
+
+	// The hook stays armed after the test. Its later calls fail at the
+	// open, so they drop no pages under another test that measures
+	// RssFile, as with go test -count 2.
+	var testEnded atomic.Bool
+	t.Cleanup(func() { testEnded.Store(true) })
+	open := func(name string) (int, error) {
+		if testEnded.Load() {
+			return -1, errors.New("the test that armed this release has ended")
+		}
+		return openProcSelf(name)
+	}
+
+	ReleaseAfterEachGC(open, 0, func(result Result, err error) {
+		// Later calls drop their outcome instead of blocking the
+		// cleanup goroutine.
 		select {
 		case outcomes <- outcome{result, err}:
 		default:
@@ -344,22 +514,18 @@ func TestReleaseThroughProcDescriptor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer procDir.Close()
-	opened := 0
-	open := func() (io.ReadCloser, error) {
-		opened++
-		fd, err := unix.Openat(int(procDir.Fd()), "self/smaps", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, err
-		}
-		return os.NewFile(uintptr(fd), "self/smaps"), nil
+	var opened []string
+	open := func(name string) (int, error) {
+		opened = append(opened, name)
+		return unix.Openat(int(procDir.Fd()), "self/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	}
 
 	result, err := Release(open)
 	if err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	if opened != 1 {
-		t.Errorf("Release opened smaps %d times through the descriptor, want 1", opened)
+	if got := strings.Join(opened, " "); got != "maps pagemap" {
+		t.Errorf("Release opened %q through the descriptor, want %q", got, "maps pagemap")
 	}
 	if len(result.Dropped) == 0 {
 		t.Error("Release dropped no mapping")
@@ -368,8 +534,52 @@ func TestReleaseThroughProcDescriptor(t *testing.T) {
 
 func TestReleaseOpenError(t *testing.T) {
 	failure := errors.New("no /proc in this root")
-	_, err := Release(func() (io.ReadCloser, error) { return nil, failure })
-	if !errors.Is(err, failure) {
-		t.Errorf("err = %v, want it to wrap %v", err, failure)
+	for _, failing := range []string{"maps", "pagemap"} {
+		t.Run(failing, func(t *testing.T) {
+			_, err := Release(func(name string) (int, error) {
+				if name == failing {
+					return -1, failure
+				}
+				return openProcSelf(name)
+			})
+			if !errors.Is(err, failure) {
+				t.Errorf("err = %v, want it to wrap %v", err, failure)
+			}
+			if want := "/proc/self/" + failing; err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("err = %v, want it to name %s", err, want)
+			}
+		})
+	}
+}
+
+func TestReleaseClosesDescriptors(t *testing.T) {
+	countDescriptors := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+
+	before := countDescriptors()
+	for range 3 {
+		if _, err := Release(nil); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+	}
+	if after := countDescriptors(); after != before {
+		t.Errorf("open descriptors went from %d to %d over 3 calls of Release", before, after)
+	}
+}
+
+// BenchmarkRelease measures a call of Release with its drop. The code that
+// runs between two calls faults some of the binary back in, as it does in
+// fief between collections.
+func BenchmarkRelease(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Release(nil); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

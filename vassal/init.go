@@ -89,6 +89,8 @@ func InitMain(args []string) int {
 		reloads:  make(chan struct{}, 1),
 		forwards: make(chan os.Signal, 8),
 		triggers: make(chan struct{}, 1),
+
+		debugReleases: logger.Enabled(context.Background(), slog.LevelDebug),
 	}
 	return v.run()
 }
@@ -143,6 +145,12 @@ type vassalInit struct {
 
 	runtimeMounted bool
 	releaseArmed   sync.Once
+
+	// debugReleases is true when the logger passes debug messages.
+	// logRelease reads it instead of asking the logger, because that check
+	// runs slog's handler code and faults its pages back in right after a
+	// drop.
+	debugReleases bool
 }
 
 // run performs the set-up sequence, supervises the program and tears down.
@@ -480,22 +488,19 @@ func (v *vassalInit) tearDown(code int) int {
 // call also arms a release after each garbage collection, since the
 // collector's own code and tables fault about 1 MB back in every 2 minutes.
 func (v *vassalInit) releaseBinaryPages() {
-	v.logRelease(binpages.Release(v.openSmaps))
+	// The arming runs before the first drop, so its code is not faulted
+	// back in after it.
 	v.releaseArmed.Do(func() {
-		binpages.ReleaseAfterEachGC(v.openSmaps, releaseInterval, v.logRelease)
+		binpages.ReleaseAfterEachGC(v.openProcSelf, releaseInterval, v.logRelease)
 	})
+	v.logRelease(binpages.Release(v.openProcSelf))
 }
 
-// openSmaps opens the init's smaps file through its /proc directory
-// descriptor, which stays valid when a pivot_root leaves no /proc in the new
-// root.
-func (v *vassalInit) openSmaps() (io.ReadCloser, error) {
-	fd, err := unix.Openat(int(v.procDir.Fd()), "self/smaps", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		// binpages wraps it as the failed open of the smaps file.
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), "/proc/self/smaps"), nil
+// openProcSelf opens a file of the init's /proc/self directory through its
+// /proc directory descriptor, which stays valid when a pivot_root leaves no
+// /proc in the new root. binpages wraps an error with the file's path.
+func (v *vassalInit) openProcSelf(name string) (int, error) {
+	return unix.Openat(int(v.procDir.Fd()), "self/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 }
 
 // releaseInterval is the minimum time between two releases after garbage
@@ -507,5 +512,7 @@ func (v *vassalInit) logRelease(result binpages.Result, err error) {
 		v.log.Warn("releasing the pages of the fief binary failed", "err", err)
 		return
 	}
-	v.log.Debug("released the pages of the fief binary", "bytes", result.Bytes(), "mappings", len(result.Dropped), "skipped", len(result.Skipped))
+	if v.debugReleases {
+		v.log.Debug("released the pages of the fief binary", "bytes", result.Bytes(), "mappings", len(result.Dropped), "skipped", len(result.Skipped))
+	}
 }
