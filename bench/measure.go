@@ -216,6 +216,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// memorySampleDelay is the wait between a vassal's first response and the
+// sample of its memory.
+const memorySampleDelay = 500 * time.Millisecond
+
 // measureOne runs one vassal through spawn, RSS sampling, recovery and
 // stop.
 func (r *sideRun) measureOne(ctx context.Context, run int) error {
@@ -244,6 +248,12 @@ func (r *sideRun) measureOne(ctx context.Context, run int) error {
 	if err := r.findRoots(ctx, []*vassal{v}); err != nil {
 		r.fail(metricRootRSS, run, err)
 		return r.stopOne(ctx, v, run, false)
+	}
+	// The fief vassal init drops the binary's pages once its program runs,
+	// which may come just after the first response. The sample waits for it,
+	// and the uWSGI vassal gets the same wait.
+	if err := sleep(ctx, memorySampleDelay); err != nil {
+		return err
 	}
 	r.sampleRSS(v, run)
 
