@@ -5,7 +5,8 @@
 // pid through [Reaper.Start]. A status for a pid that no caller registered
 // belongs to an orphan that was re-parented to this process, because fief
 // is pid 1 or a child subreaper. The orphan is reaped and reported through
-// the function given to [New]. The reaper made by [NewDriven] has no
+// the function given to [New]. [NewWoken] makes the same reaper, woken
+// through a channel that its caller feeds on SIGCHLD. The reaper made by [NewDriven] has no
 // goroutine and does not handle SIGCHLD. Its owner blocks in [Reaper.Wait],
 // which hands out statuses the same way.
 //
@@ -73,7 +74,7 @@ type Reaper struct {
 	waiters map[int]*waiter
 
 	orphan func(Status)
-	wake   chan os.Signal // SIGCHLD notifications, nil for a reaper made by NewDriven
+	wake   <-chan os.Signal // SIGCHLD notifications, nil for a reaper made by NewDriven
 }
 
 type waiter struct {
@@ -88,19 +89,34 @@ var created atomic.Bool
 // New starts the reaping goroutine. onOrphan, which may be nil, is called on
 // that goroutine for every reaped process that was not started through
 // [Reaper.Start]; it must not block. New panics when the process already has
-// a reaper, made by New or [NewDriven].
+// a reaper, made by New, [NewWoken] or [NewDriven].
 func New(onOrphan func(Status)) *Reaper {
 	if !created.CompareAndSwap(false, true) {
 		panic("reaper.New called in a process that already has a reaper: a process must have exactly one")
 	}
-	r := &Reaper{
-		waiters: make(map[int]*waiter),
-		orphan:  onOrphan,
-		// SIGCHLD does not queue, so one buffered slot is enough: every wake
-		// drains all pending children.
-		wake: make(chan os.Signal, 1),
+	// SIGCHLD does not queue, so one buffered slot is enough: every wake
+	// drains all pending children.
+	wake := make(chan os.Signal, 1)
+	signal.Notify(wake, unix.SIGCHLD)
+	return start(onOrphan, wake)
+}
+
+// NewWoken is [New] for a process that catches SIGCHLD itself, without
+// os/signal, such as the vassal init with package sigwake. The caller makes
+// every SIGCHLD send a value on wake without blocking, so wake needs a
+// buffer of at least one. Each value makes the reaping goroutine collect
+// every child that has exited. NewWoken panics when the process already
+// has a reaper.
+func NewWoken(onOrphan func(Status), wake <-chan os.Signal) *Reaper {
+	if !created.CompareAndSwap(false, true) {
+		panic("reaper.NewWoken called in a process that already has a reaper: a process must have exactly one")
 	}
-	signal.Notify(r.wake, unix.SIGCHLD)
+	return start(onOrphan, wake)
+}
+
+// start returns a reaper whose goroutine reaps after each value on wake.
+func start(onOrphan func(Status), wake <-chan os.Signal) *Reaper {
+	r := &Reaper{waiters: make(map[int]*waiter), orphan: onOrphan, wake: wake}
 	go r.loop()
 	return r
 }
@@ -121,9 +137,9 @@ func NewDriven(onOrphan func(Status)) *Reaper {
 	return &Reaper{waiters: make(map[int]*waiter), orphan: onOrphan}
 }
 
-// errNotDriven is returned by Wait on a reaper made by New, whose goroutine
+// errNotDriven is returned by Wait on a reaper made by New or NewWoken, whose goroutine
 // does the waiting.
-var errNotDriven = errors.New("reaper: Wait called on a reaper made by New; only a reaper made by NewDriven supports Wait")
+var errNotDriven = errors.New("reaper: Wait called on a reaper made by New or NewWoken; only a reaper made by NewDriven supports Wait")
 
 // Wait blocks until a child of this process exits, reaps it and returns its
 // status. Like [Reaper.Reap], it also sends the status to the Done channel

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"fief/sigwake"
 )
 
 // testReaper is the one reaper of the test binary; orphanHook receives its
@@ -31,6 +33,15 @@ func TestMain(m *testing.M) {
 	// a process whose reaper is made by NewDriven.
 	if os.Getenv(drivenEnv) == "1" {
 		if err := drivenScenario(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	// TestWokenReaper runs this test binary again with wokenEnv set, for a
+	// process whose reaper is made by NewWoken.
+	if os.Getenv(wokenEnv) == "1" {
+		if err := wokenScenario(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -252,5 +263,80 @@ func TestDrivenReaper(t *testing.T) {
 func TestWaitNeedsDrivenReaper(t *testing.T) {
 	if _, err := testReaper.Wait(); err == nil {
 		t.Error("Wait on the reaper of New succeeded, expected an error")
+	}
+}
+
+// wokenEnv makes TestMain run wokenScenario instead of the tests.
+const wokenEnv = "FIEF_REAPER_TEST_WOKEN"
+
+// wokenScenario runs in a process of its own, because a process can have
+// only one reaper. Package sigwake, not os/signal, catches SIGCHLD and wakes
+// the reaper. A shell exits 7 and leaves an orphan behind, and the reaper
+// must report both.
+func wokenScenario() error {
+	wake := make(chan os.Signal, 1)
+	if err := sigwake.Notify(wake, unix.SIGCHLD); err != nil {
+		return err
+	}
+	orphans := make(chan Status, 1)
+	r := NewWoken(func(st Status) { orphans <- st }, wake)
+	if !newWokenPanics(wake) {
+		return fmt.Errorf("a second NewWoken in the process did not panic")
+	}
+
+	child, err := r.Start(exec.Command("sh", "-c", "sleep 0.1 & exit 7"))
+	if err != nil {
+		return fmt.Errorf("Start: %v", err)
+	}
+	select {
+	case st := <-child.Done:
+		if st.Pid != child.Pid || st.ExitCode() != 7 {
+			return fmt.Errorf("Done received %v, expected pid %d with exit code 7", st, child.Pid)
+		}
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("Done received nothing 10 s after the shell started")
+	}
+	select {
+	case st := <-orphans:
+		if st.Pid == child.Pid || !st.Success() {
+			return fmt.Errorf("the orphan function received %v, expected the shell's sleep with exit status 0", st)
+		}
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("the orphan function received nothing 10 s after the shell started")
+	}
+	if _, err := r.Wait(); err == nil {
+		return fmt.Errorf("Wait on the reaper of NewWoken succeeded, expected an error")
+	}
+	if n := r.Pending(); n != 0 {
+		return fmt.Errorf("Pending() = %d after every child exited, expected 0", n)
+	}
+	return nil
+}
+
+// newWokenPanics reports whether NewWoken panics, as it must when the
+// process already has a reaper.
+func newWokenPanics(wake <-chan os.Signal) (panicked bool) {
+	defer func() {
+		if recover() != nil {
+			panicked = true
+		}
+	}()
+	NewWoken(nil, wake)
+	return false
+}
+
+func TestWokenReaper(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), wokenEnv+"=1")
+	stdout, stderr, status, err := testReaper.Output(cmd)
+	if err != nil {
+		t.Fatalf("running the woken reaper scenario: %v", err)
+	}
+	if !status.Success() {
+		t.Errorf("the woken reaper scenario failed (%s):\n%s%s", status, stdout, stderr)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"fief/fusectl"
 	"fief/mount"
 	"fief/reaper"
+	"fief/sigwake"
 )
 
 // RuntimeDir is the directory on which a vassal init mounts its private
@@ -155,16 +155,31 @@ type vassalInit struct {
 
 // run performs the set-up sequence, supervises the program and tears down.
 func (v *vassalInit) run() int {
-	// Notify, never Ignore: ignored signals stay ignored in every child,
+	// Catch, never ignore: ignored signals stay ignored in every child,
 	// and without a handler the Go runtime turns SIGTERM into exit 2.
-	signal.Notify(v.signals, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGHUP,
-		unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH)
+	// Package sigwake catches them without os/signal. With os/signal each
+	// signal is enabled by a round trip to a goroutine locked to a thread
+	// of its own, two thread switches with one P, and that locked thread
+	// makes the runtime start a template thread too. Nothing else in this
+	// process may use os/signal for these signals or SIGCHLD.
+	if err := sigwake.Notify(v.signals, unix.SIGTERM, unix.SIGINT, unix.SIGQUIT, unix.SIGHUP,
+		unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH); err != nil {
+		v.log.Error("catching the vassal init's signals failed", "err", err)
+		return ExitFailed
+	}
+	// SIGCHLD does not queue, so one buffered slot is enough: every wake
+	// makes the reaper collect all exited children.
+	childExits := make(chan os.Signal, 1)
+	if err := sigwake.Notify(childExits, unix.SIGCHLD); err != nil {
+		v.log.Error("catching SIGCHLD failed", "err", err)
+		return ExitFailed
+	}
 
 	v.ctx, v.stop = context.WithCancel(context.Background())
 	defer v.stop()
 	go v.dispatchSignals()
 
-	v.reaper = reaper.New(v.onOrphan)
+	v.reaper = reaper.NewWoken(v.onOrphan, childExits)
 
 	if err := v.prepareNamespace(); err != nil {
 		v.log.Error("preparing the vassal's namespaces failed", "err", err)
