@@ -295,12 +295,17 @@ func TestSignalAfterReapSkipsReusedPid(t *testing.T) {
 			if !withPidfd {
 				forcePidfdMissing(t)
 			}
-			reaped, err := testReaper.Start(exec.Command("true"))
+			// A child that runs until it is killed, so the reaper cannot
+			// reap it and close its pidfd before the check.
+			reaped, err := testReaper.Start(exec.Command("sleep", "60"))
 			if err != nil {
 				t.Fatalf("Start: %v", err)
 			}
 			if got := holdsPidfd(reaped); got != withPidfd {
 				t.Fatalf("child holds a pidfd: %v, want %v", got, withPidfd)
+			}
+			if err := reaped.Signal(unix.SIGKILL); err != nil {
+				t.Fatalf("Signal to the first child = %v, want nil", err)
 			}
 			waitStatus(t, reaped)
 
