@@ -160,23 +160,29 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 	signal.Notify(signals, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	defer signal.Stop(signals)
 
-	events, closeWatch, err := watchDir(dir)
+	// The watch starts before the first scan, so that no change after the
+	// scan's read of the directory is missed.
+	watch, err := watchDir(dir)
 	if err != nil {
 		return err
 	}
-	defer closeWatch()
+	defer watch.close()
 
-	log.Info("emperor started", "dir", dir, "clone", strings.Join(cloneList(e.cloneFlags), ","), "pid", os.Getpid())
 	started := time.Now()
 
-	// The first scan's vassals start before the status socket is served
-	// and before the loop runs, because their spawns need neither and a
-	// booting VM waits for them. Signals and inotify events queue meanwhile.
+	// The first scan's vassals start before anything their spawns do not
+	// need, because a booting VM waits for them: the "emperor started"
+	// line, the goroutines that read inotify events and status pipes, the
+	// status socket and the loop. Signals, inotify events and status lines
+	// queue meanwhile.
 	var firstStarts sync.WaitGroup
 	e.firstStarts = &firstStarts
 	e.rescan(false)
 	e.firstStarts = nil
 	firstStarts.Wait()
+	log.Info("emperor started", "dir", dir, "clone", strings.Join(cloneList(e.cloneFlags), ","), "pid", os.Getpid())
+	events := watch.start()
+	e.statusReader.start()
 	if opts.OnFirstScan != nil {
 		opts.OnFirstScan()
 	}
