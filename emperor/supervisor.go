@@ -267,6 +267,7 @@ func (s *supervisor) start() (time.Duration, bool) {
 		CloneFlags: flags,
 		LogFormat:  s.e.opts.LogFormat,
 		LogLevel:   s.e.opts.LogLevel,
+		Stdin:      s.e.devNull,
 		Stdout:     s.e.opts.Stdout,
 		Stderr:     s.e.opts.Stderr,
 		StatusPipe: statusWrite,

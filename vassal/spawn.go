@@ -90,6 +90,9 @@ type SpawnOptions struct {
 	// LogFormat is "text" or "json"; LogLevel "debug", "info", "warn" or
 	// "error".
 	LogFormat, LogLevel string
+	// Stdin is the init's standard input. When nil, exec.Cmd opens
+	// /dev/null.
+	Stdin *os.File
 	// Stdout and Stderr receive the init's log and the program's output.
 	Stdout, Stderr *os.File
 	// StatusPipe, when set, receives the health of the vassal's mount
@@ -143,6 +146,7 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 		Args:       args,
 		Env:        env,
 		Dir:        filepath.Dir(abs),
+		Stdin:      opts.Stdin,
 		Stdout:     opts.Stdout,
 		Stderr:     opts.Stderr,
 		ExtraFiles: extra,
