@@ -143,7 +143,7 @@ func (st *statusStream) drain(buf []byte) bool {
 		case errors.Is(err, unix.EAGAIN):
 			return true
 		case err != nil:
-			st.s.log.Warn("reading the status pipe of the vassal init failed", "pid", st.pid, "err", err)
+			st.s.log().Warn("reading the status pipe of the vassal init failed", "pid", st.pid, "err", err)
 			return false
 		case n == 0:
 			// The init exited. Like bufio.Scanner, handle a last line
@@ -194,7 +194,7 @@ func (st *statusStream) split(data []byte) {
 }
 
 func (st *statusStream) warnLong() {
-	st.s.log.Warn("dropped a status line of the vassal init longer than the maximum", "pid", st.pid, "max_bytes", maxStatusLine)
+	st.s.log().Warn("dropped a status line of the vassal init longer than the maximum", "pid", st.pid, "max_bytes", maxStatusLine)
 }
 
 // forget stops watching a stream and closes its descriptor.
