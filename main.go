@@ -71,21 +71,23 @@ func main() {
 	// nothing, so one P is enough. Each further P keeps caches and idle
 	// threads: with one, a vassal init's RSS drops by about 0.3 MB.
 	//
-	// The init of a VM gets two. With one P, the runtime's sysmon takes
-	// the P from a thread whose system call lasts more than one sysmon
-	// tick (at least 20 us) and hands it to another thread, which costs
-	// thread switches. Under software emulation most system calls of a
-	// boot (mounts, ioctls, forks) last that long. With a second P idle,
-	// sysmon leaves a P in a system call for up to 10 ms (runtime.retake
-	// in Go 1.26). In QEMU without KVM this cut the median time to the
-	// first vassal by 4 to 12 ms and to power-off by about 5 ms.
+	// The init of a VM gets two, on a VM with one CPU only once its first
+	// vassals have started (see initd.RunVM). With one P, the runtime's
+	// sysmon takes the P from a thread whose system call lasts more than
+	// one sysmon tick (at least 20 us) and hands it to another thread,
+	// which costs thread switches. Under software emulation most system
+	// calls of a boot (mounts, ioctls, forks) last that long. With a
+	// second P idle, sysmon leaves a P in a system call for up to 10 ms
+	// (runtime.retake in Go 1.26). But on one CPU, the switch to two Ps
+	// and the thread that the runtime starts for the idle P then cost more
+	// than that saves before the first vassal (see initd.raiseProcs).
 	procs := 1
-	if vmInit {
+	if vmInit && runtime.GOMAXPROCS(0) > 1 {
 		procs = 2
 	}
 	// Setting GOMAXPROCS stops the world, so it is skipped when the count
-	// is already right. That is the case on a machine with one CPU, except
-	// for a VM's init, and for the init of a VM with two CPUs.
+	// is already right. That is the case on a machine with one CPU and for
+	// the init of a VM with two CPUs.
 	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) != procs {
 		runtime.GOMAXPROCS(procs)
 	}

@@ -20,23 +20,44 @@ type dirEvent struct {
 const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN_MOVED_TO |
 	unix.IN_CLOSE_WRITE | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
 
-// watchDir starts an inotify watch on dir and sends its events to the
-// returned channel. The inotify descriptor is non-blocking, so the reading
-// goroutine parks in the runtime's poller and costs no thread while idle.
-func watchDir(dir string) (<-chan dirEvent, func(), error) {
+// dirWatch is an inotify watch on the vassal directory. The kernel queues
+// its events from watchDir on, and start begins reading them.
+type dirWatch struct {
+	fd   int
+	file *os.File // nil until start
+}
+
+// watchDir starts an inotify watch on dir.
+func watchDir(dir string) (*dirWatch, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
-		return nil, nil, fmt.Errorf("creating an inotify instance (check fs.inotify.max_user_instances): %w", err)
+		return nil, fmt.Errorf("creating an inotify instance (check fs.inotify.max_user_instances): %w", err)
 	}
 	if _, err := unix.InotifyAddWatch(fd, dir, watchMask); err != nil {
 		unix.Close(fd)
-		return nil, nil, fmt.Errorf("watching vassal directory %q: %w", dir, err)
+		return nil, fmt.Errorf("watching vassal directory %q: %w", dir, err)
 	}
+	return &dirWatch{fd: fd}, nil
+}
 
-	file := os.NewFile(uintptr(fd), "inotify")
+// start sends the watch's events, those queued since watchDir included, to
+// the returned channel. The inotify descriptor is non-blocking, so the
+// reading goroutine parks in the runtime's poller and costs no thread while
+// idle.
+func (w *dirWatch) start() <-chan dirEvent {
+	w.file = os.NewFile(uintptr(w.fd), "inotify")
 	events := make(chan dirEvent, 64)
-	go readInotify(file, events)
-	return events, func() { file.Close() }, nil
+	go readInotify(w.file, events)
+	return events
+}
+
+// close ends the watch, and the reading goroutine with it.
+func (w *dirWatch) close() {
+	if w.file == nil {
+		unix.Close(w.fd)
+		return
+	}
+	w.file.Close()
 }
 
 func readInotify(file *os.File, events chan<- dirEvent) {

@@ -23,6 +23,7 @@ import (
 	"fief/binpages"
 	"fief/fusectl"
 	"fief/mount"
+	"fief/rawfile"
 	"fief/reaper"
 	"fief/vassal"
 )
@@ -87,6 +88,9 @@ type Emperor struct {
 	retired chan *supervisor
 	ignored map[string]bool
 
+	// devNull is the standard input of every vassal init.
+	devNull *os.File
+
 	controlMu sync.Mutex
 	control   *fusectl.Control
 
@@ -150,6 +154,12 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 		})
 	}
 	e.spawner = newSpawner(e.reaper)
+	devNull, err := openDevNull()
+	if err != nil {
+		return err
+	}
+	defer devNull.Close()
+	e.devNull = devNull
 	e.statusReader, err = newStatusReader(log)
 	if err != nil {
 		return err
@@ -160,23 +170,29 @@ func Run(ctx context.Context, log *slog.Logger, opts Options) error {
 	signal.Notify(signals, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	defer signal.Stop(signals)
 
-	events, closeWatch, err := watchDir(dir)
+	// The watch starts before the first scan, so that no change after the
+	// scan's read of the directory is missed.
+	watch, err := watchDir(dir)
 	if err != nil {
 		return err
 	}
-	defer closeWatch()
+	defer watch.close()
 
-	log.Info("emperor started", "dir", dir, "clone", strings.Join(cloneList(e.cloneFlags), ","), "pid", os.Getpid())
 	started := time.Now()
 
-	// The first scan's vassals start before the status socket is served
-	// and before the loop runs, because their spawns need neither and a
-	// booting VM waits for them. Signals and inotify events queue meanwhile.
+	// The first scan's vassals start before anything their spawns do not
+	// need, because a booting VM waits for them: the "emperor started"
+	// line, the goroutines that read inotify events and status pipes, the
+	// status socket and the loop. Signals, inotify events and status lines
+	// queue meanwhile.
 	var firstStarts sync.WaitGroup
 	e.firstStarts = &firstStarts
 	e.rescan(false)
 	e.firstStarts = nil
 	firstStarts.Wait()
+	log.Info("emperor started", "dir", dir, "clone", strings.Join(cloneList(e.cloneFlags), ","), "pid", os.Getpid())
+	events := watch.start()
+	e.statusReader.start()
 	if opts.OnFirstScan != nil {
 		opts.OnFirstScan()
 	}
@@ -318,15 +334,15 @@ func (p *pendingEvents) beingWritten() bool {
 
 // rescan syncs every file in the directory and every known vassal.
 func (e *Emperor) rescan(touched bool) {
-	entries, err := os.ReadDir(e.dir)
+	names, err := rawfile.ReadDirNames(e.dir)
 	if err != nil {
 		e.log.Error("reading the vassal directory failed", "dir", e.dir, "err", err)
 		return
 	}
 	seen := make(map[string]bool)
-	for _, entry := range entries {
-		seen[entry.Name()] = true
-		e.sync(entry.Name(), touched)
+	for _, name := range names {
+		seen[name] = true
+		e.sync(name, touched)
 	}
 	for name := range e.vassals {
 		if !seen[name] {
@@ -384,7 +400,7 @@ func (e *Emperor) read(path string) (*snapshot, bool) {
 	if err != nil || !info.Mode().IsRegular() {
 		return nil, false
 	}
-	data, err := os.ReadFile(path)
+	data, err := rawfile.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, false
@@ -484,4 +500,16 @@ func (e *Emperor) shutdown() {
 	}
 	wg.Wait()
 	e.log.Info("emperor stopped", "pid", os.Getpid())
+}
+
+// openDevNull opens /dev/null for the vassal inits' standard input. Left
+// nil, exec.Cmd would open it at every spawn with os.Open, whose first
+// call sets up the runtime's poller. os.NewFile on a blocking descriptor
+// does not, so a booting VM starts its first vassal without the poller.
+func openDevNull() (*os.File, error) {
+	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s for the standard input of vassal inits: %w", os.DevNull, err)
+	}
+	return os.NewFile(uintptr(fd), os.DevNull), nil
 }

@@ -100,7 +100,7 @@ func (b *statusBoard) snapshot() []VassalStatus {
 func (s *supervisor) handleStatusLine(line string, pid int) {
 	event, err := vassal.ParseStatusEvent(line)
 	if err != nil {
-		s.log.Warn("invalid status line from the vassal init", "pid", pid, "err", err)
+		s.log().Warn("invalid status line from the vassal init", "pid", pid, "err", err)
 		return
 	}
 	s.e.board.update(s, func(entry *statusEntry) {

@@ -28,7 +28,8 @@ type statusReader struct {
 	mu      sync.Mutex
 	streams map[int]*statusStream // by the read end's descriptor
 
-	done chan struct{}
+	started bool // set by start
+	done    chan struct{}
 }
 
 // statusStream is the read end of one vassal init's status pipe.
@@ -57,9 +58,15 @@ func newStatusReader(log *slog.Logger) (*statusReader, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("watching the stop eventfd of the status pipes: %w", err)
 	}
-	r := &statusReader{epfd: epfd, stopFD: stopFD, log: log, streams: make(map[int]*statusStream), done: make(chan struct{})}
+	return &statusReader{epfd: epfd, stopFD: stopFD, log: log, streams: make(map[int]*statusStream), done: make(chan struct{})}, nil
+}
+
+// start runs the loop that reads the pipes on its own goroutine. Lines
+// written before it wait in their pipes. The emperor calls start and close
+// from one goroutine.
+func (r *statusReader) start() {
+	r.started = true
 	go r.loop()
-	return r, nil
 }
 
 // newStatusPipe returns a status pipe: the read end, a descriptor that the
@@ -136,7 +143,7 @@ func (st *statusStream) drain(buf []byte) bool {
 		case errors.Is(err, unix.EAGAIN):
 			return true
 		case err != nil:
-			st.s.log.Warn("reading the status pipe of the vassal init failed", "pid", st.pid, "err", err)
+			st.s.log().Warn("reading the status pipe of the vassal init failed", "pid", st.pid, "err", err)
 			return false
 		case n == 0:
 			// The init exited. Like bufio.Scanner, handle a last line
@@ -187,7 +194,7 @@ func (st *statusStream) split(data []byte) {
 }
 
 func (st *statusStream) warnLong() {
-	st.s.log.Warn("dropped a status line of the vassal init longer than the maximum", "pid", st.pid, "max_bytes", maxStatusLine)
+	st.s.log().Warn("dropped a status line of the vassal init longer than the maximum", "pid", st.pid, "max_bytes", maxStatusLine)
 }
 
 // forget stops watching a stream and closes its descriptor.
@@ -205,7 +212,9 @@ func (r *statusReader) close() {
 	var increment [8]byte
 	binary.NativeEndian.PutUint64(increment[:], 1)
 	_, _ = unix.Write(r.stopFD, increment[:])
-	<-r.done
+	if r.started {
+		<-r.done
+	}
 
 	r.mu.Lock()
 	for fd := range r.streams {

@@ -62,6 +62,7 @@ func TestStatusReaderSplitLines(t *testing.T) {
 	if err != nil {
 		t.Fatalf("newStatusReader: %v", err)
 	}
+	reader.start()
 	defer reader.close()
 	s := newTestSupervisor(42, io.Discard)
 	write := startTestStream(t, reader, s, 42)
@@ -94,11 +95,60 @@ func TestStatusReaderSplitLines(t *testing.T) {
 	}
 }
 
+func TestStatusReaderReadsLinesQueuedBeforeStart(t *testing.T) {
+	reader, err := newStatusReader(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("newStatusReader: %v", err)
+	}
+	defer reader.close()
+	s := newTestSupervisor(9, io.Discard)
+	write := startTestStream(t, reader, s, 9)
+
+	// The emperor starts the reader after its first scan, so a vassal init
+	// may have written and even exited by then.
+	if _, err := write.WriteString("running\n"); err != nil {
+		t.Fatalf("writing the running line: %v", err)
+	}
+	write.Close()
+	reader.start()
+	waitForgotten(t, reader)
+
+	got := s.e.board.snapshot()
+	if len(got) != 1 {
+		t.Fatalf("expected 1 vassal on the board, found %d", len(got))
+	}
+	if got[0].State != StateRunning {
+		t.Errorf("expected state %q from the line written before start, found %q", StateRunning, got[0].State)
+	}
+}
+
+func TestStatusReaderCloseWithoutStart(t *testing.T) {
+	reader, err := newStatusReader(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("newStatusReader: %v", err)
+	}
+	s := newTestSupervisor(11, io.Discard)
+	write := startTestStream(t, reader, s, 11)
+	defer write.Close()
+
+	closed := make(chan struct{})
+	go func() {
+		reader.close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("expected close to return within 5 s on a reader that was never started")
+	}
+}
+
 func TestStatusReaderDropsLongLine(t *testing.T) {
 	reader, err := newStatusReader(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("newStatusReader: %v", err)
 	}
+	reader.start()
 	defer reader.close()
 	var logs lockedBuffer
 	s := newTestSupervisor(7, &logs)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"syscall"
@@ -163,7 +164,10 @@ func (vm *vmInit) runWorkload(command []string) int {
 				UseClone:     "fs,pid",
 				StatusSocket: emperor.DefaultStatusSocket,
 				Reaper:       vm.reaper,
-				OnFirstScan:  func() { close(firstScan) },
+				OnFirstScan: func() {
+					close(firstScan)
+					vm.raiseProcs()
+				},
 				// The emperor handles its own signals too; in a VM it
 				// stops on the same SIGTERM and SIGINT as the init.
 				OnSpawn: func(name string, pid int) {
@@ -185,6 +189,7 @@ func (vm *vmInit) runWorkload(command []string) int {
 		return 1
 	} else {
 		close(firstScan)
+		vm.raiseProcs()
 	}
 
 	if len(command) == 0 {
@@ -215,6 +220,21 @@ func (vm *vmInit) runWorkload(command []string) int {
 	wg.Wait()
 	vm.workloadEnd = time.Now()
 	return status
+}
+
+// raiseProcs gives the init of a VM its second P once the first vassals
+// have started, for the system calls of later spawns and of the shutdown
+// (see main). Under QEMU's software emulation the switch to two Ps, a stop
+// of the world and a new thread, took about 10 ms in traced boots. Keeping
+// one P up to the first vassal cut the median time to it by 6 to 20 ms in
+// interleaved sets of 8 boots, and shutting down with one P took 5 to 7 ms
+// longer. raiseProcs leaves the count alone when GOMAXPROCS is set in
+// the environment, when the process is not pid 1, and when the emperor
+// failed before its first scan.
+func (vm *vmInit) raiseProcs() {
+	if vm.pid1 && os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2)
+	}
 }
 
 // runCommand runs the command in its own session with the console as its

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"fief/mount"
+	"fief/rawfile"
 )
 
 // leaveInitramfs moves pid 1 off the initramfs root. That root has no
@@ -149,7 +150,9 @@ type bootParams struct {
 }
 
 func readBootParams(path string) (bootParams, error) {
-	data, err := os.ReadFile(path)
+	// An os.File would set up the runtime's poller, which the boot does
+	// not need before its first vassal.
+	data, err := rawfile.ReadFile(path)
 	if err != nil {
 		return bootParams{}, fmt.Errorf("reading the kernel command line: %w", err)
 	}

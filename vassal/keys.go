@@ -200,10 +200,23 @@ func normalizeKey(key string) string {
 	return strings.ReplaceAll(key, "_", "-")
 }
 
-// lookupKey returns the table entry of a key as written in a file.
+// lookupKey returns the table entry of a key as written in a file. fief's
+// own keys are found without the table, so reading a file that has no
+// other keys does not build it. Under QEMU's software emulation the build
+// took about 2.5 ms of a booting VM's time to its first vassal (traced
+// boots).
 func lookupKey(key string) (keyInfo, bool) {
+	key = normalizeKey(key)
+	switch {
+	case slices.Contains(fiefKeys, key):
+		return keyInfo{canonical: key, kind: kindFief}, true
+	case slices.Contains(conditionKeys, key):
+		return keyInfo{canonical: key, kind: kindCondition}, true
+	case key == "endif":
+		return keyInfo{canonical: key, kind: kindEndif}, true
+	}
 	keyTable, _ := keyTables()
-	info, ok := keyTable[normalizeKey(key)]
+	info, ok := keyTable[key]
 	return info, ok
 }
 

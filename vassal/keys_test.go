@@ -2,6 +2,7 @@ package vassal
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -45,6 +46,24 @@ func TestLookupKey(t *testing.T) {
 	for _, key := range []string{"Exec", "EXEC", "", "-", "exec ", "chroot", "if-opt", "end-if", "mount-as-root"} {
 		if info, ok := lookupKey(key); ok {
 			t.Errorf("lookupKey(%q) = %+v, want not found", key, info)
+		}
+	}
+}
+
+func TestLookupKeyMatchesTable(t *testing.T) {
+	// lookupKey finds fief's own keys without the table, so both must
+	// agree on every key, in both spellings.
+	table, _ := keyTables()
+	for key, want := range table {
+		for _, spelling := range []string{key, strings.ReplaceAll(key, "-", "_")} {
+			got, ok := lookupKey(spelling)
+			if !ok {
+				t.Errorf("lookupKey(%q) found nothing, want %+v", spelling, want)
+				continue
+			}
+			if got != want {
+				t.Errorf("lookupKey(%q) = %+v, want %+v from the table", spelling, got, want)
+			}
 		}
 	}
 }
