@@ -68,6 +68,8 @@ type vmInit struct {
 	signals chan os.Signal
 
 	firstSpawn sync.Once
+	// fatalCaught makes catchFatalSignals run once.
+	fatalCaught sync.Once
 	// workloadEnd is when the command or the emperor ended.
 	workloadEnd time.Time
 }
@@ -165,6 +167,8 @@ func (vm *vmInit) runWorkload(command []string) int {
 				StatusSocket: emperor.DefaultStatusSocket,
 				Reaper:       vm.reaper,
 				OnFirstScan: func() {
+					// Before the close, which lets the command start.
+					vm.catchFatalSignals()
 					close(firstScan)
 					vm.raiseProcs()
 				},
@@ -188,6 +192,7 @@ func (vm *vmInit) runWorkload(command []string) int {
 		vm.log.Error("nothing to run: no vassal directory and no command; give fief.exec= on the kernel command line or add vassal files", "dir", VassalDir)
 		return 1
 	} else {
+		vm.catchFatalSignals()
 		close(firstScan)
 		vm.raiseProcs()
 	}
@@ -235,6 +240,38 @@ func (vm *vmInit) raiseProcs() {
 	if vm.pid1 && os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
 		runtime.GOMAXPROCS(2)
 	}
+}
+
+// fatalSignals are the signals, other than the stop signals, on which the
+// Go runtime ends or crashes a process that has not requested them with
+// os/signal. Sent to pid 1, any of them would make the kernel panic. A real
+// fault (SIGSEGV, SIGBUS, SIGFPE, SIGILL from the CPU) still panics: the
+// runtime relays only signals sent by a process.
+var fatalSignals = []os.Signal{
+	unix.SIGHUP, unix.SIGQUIT, unix.SIGILL, unix.SIGTRAP, unix.SIGABRT,
+	unix.SIGBUS, unix.SIGFPE, unix.SIGSEGV, unix.SIGSTKFLT, unix.SIGSYS,
+}
+
+// catchFatalSignals makes pid 1 log and otherwise ignore the fatalSignals.
+// The emperor also requests SIGHUP, and reloads its vassals on it.
+//
+// NOTE: it runs once the first vassals have started, because each signal
+// costs a round trip to the runtime's signal thread, about 0.5 ms under
+// QEMU's software emulation (an estimate). Until then, one of these signals
+// sent to pid 1 ends it, as it does before any Go code of fief runs.
+func (vm *vmInit) catchFatalSignals() {
+	if !vm.pid1 {
+		return
+	}
+	vm.fatalCaught.Do(func() {
+		caught := make(chan os.Signal, 4)
+		signal.Notify(caught, fatalSignals...)
+		go func() {
+			for sig := range caught {
+				vm.log.Warn("pid 1 ignores the signal", "signal", unix.SignalName(sig.(unix.Signal)), "pid", os.Getpid())
+			}
+		}()
+	})
 }
 
 // runCommand runs the command in its own session with the console as its

@@ -230,6 +230,8 @@ func (vm *vmInit) shutdown(status int) {
 			time.Sleep(time.Hour)
 		}
 	}()
+	// Here too, for a VM whose emperor failed before its first vassals started.
+	vm.catchFatalSignals()
 
 	vm.log.Info("shutting down", "status", status, "action", vm.params.onExit)
 	vm.stopEverything()

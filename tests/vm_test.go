@@ -166,6 +166,36 @@ func TestVMStopsCommandIgnoringSIGTERM(t *testing.T) {
 	}
 }
 
+// fatalSignalsCommand sends pid 1 every signal on which the Go runtime would
+// end a process that has not requested it, then exits with status 7.
+const fatalSignalsCommand = `#!/bin/busybox sh
+for sig in 1 3 4 5 6 7 8 11 16 31; do
+	/bin/busybox kill -$sig 1 || exit 10
+done
+/bin/busybox sleep 1
+echo "check: pid 1 is still running"
+exit 7
+`
+
+func TestVMPid1SurvivesFatalSignals(t *testing.T) {
+	kernel := requireVM(t)
+	dir := t.TempDir()
+	command := writeTestFile(t, dir, "signals.sh", fatalSignalsCommand, 0o755)
+	initrd := fiefVMArchive(t, kernel, dir, "--add", command+":/signals.sh")
+
+	// With no vassal file in the archive, no emperor requests SIGHUP.
+	result := bootVM(t, kernel, initrd, vmBootTimeout, "fief.exec=/signals.sh")
+	requireCleanExit(t, result, 7)
+	if !result.hasLine("check: pid 1 is still running") {
+		t.Errorf("expected the command's line %q on the console\n%s", "check: pid 1 is still running", result.describe())
+	}
+	for _, name := range []string{"SIGHUP", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGSEGV", "SIGSTKFLT", "SIGSYS"} {
+		if !strings.Contains(result.console, "pid 1 ignores the signal\" signal="+name) {
+			t.Errorf("expected fief init to log that it ignores %s\n%s", name, result.describe())
+		}
+	}
+}
+
 func TestVMUnknownModuleFails(t *testing.T) {
 	kernel := requireVM(t)
 	dir := t.TempDir()
