@@ -790,9 +790,34 @@ func (p *fiefProcess) cleanUp() {
 func formatProcesses(list []process) string {
 	var b strings.Builder
 	for _, p := range list {
-		fmt.Fprintf(&b, "  %s\n", p)
+		fmt.Fprintf(&b, "  %s\n    threads: %s\n", p, threadStates(p.pid))
 	}
 	return b.String()
+}
+
+// threadStates describes each thread of a process by its state letter from
+// /proc/PID/task/TID/stat and the kernel function it waits in, from wchan,
+// such as "123 S futex_do_wait, 124 D request_wait_answer". A process that
+// outlives a SIGKILL usually has a thread in state D.
+func threadStates(pid int) string {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return fmt.Sprintf("(reading its tasks: %v)", err)
+	}
+	var states []string
+	for _, task := range tasks {
+		dir := fmt.Sprintf("/proc/%d/task/%s", pid, task.Name())
+		state := "?"
+		if stat, err := os.ReadFile(dir + "/stat"); err == nil {
+			// The state follows the command name, which ends with ") ".
+			if i := strings.LastIndex(string(stat), ") "); i >= 0 && i+2 < len(stat) {
+				state = string(stat[i+2])
+			}
+		}
+		wchan, _ := os.ReadFile(dir + "/wchan")
+		states = append(states, fmt.Sprintf("%s %s %s", task.Name(), state, wchan))
+	}
+	return strings.Join(states, ", ")
 }
 
 // log returns the whole log of the process.
