@@ -503,9 +503,10 @@ func (e *Emperor) shutdown() {
 }
 
 // openDevNull opens /dev/null for the vassal inits' standard input. Left
-// nil, exec.Cmd would open it at every spawn with os.Open, whose first
-// call sets up the runtime's poller. os.NewFile on a blocking descriptor
-// does not, so a booting VM starts its first vassal without the poller.
+// nil, reaper.Start would open it at every spawn with os.OpenFile, whose
+// first call sets up the runtime's poller. os.NewFile on a blocking
+// descriptor does not, so a booting VM starts its first vassal without the
+// poller.
 func openDevNull() (*os.File, error) {
 	fd, err := unix.Open(os.DevNull, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -218,7 +218,9 @@ func (vm *vmInit) runWorkload(command []string) int {
 	case <-firstScan:
 	case <-emperorStatus:
 		// The emperor failed before its first scan and has logged why,
-		// so the command runs without it.
+		// so the command runs without it. OnFirstScan never ran, so the
+		// fatal signals are caught here, before the command can send one.
+		vm.catchFatalSignals()
 	}
 	status := vm.runCommand(command, signals)
 	cancel()

@@ -23,12 +23,21 @@
 //     SIGTERM, SIGINT and SIGHUP it raises the signal again with the
 //     default action, and exits with status 2 when the kernel ignores that
 //     signal, as it does for pid 1 of a pid namespace. For SIGQUIT it
-//     prints the goroutines and exits with status 2. It discards the other
-//     signals of this package.
+//     prints the goroutines and exits with status 2. SIGTSTP, SIGTTIN and
+//     SIGTTOU have no runtime handler, so they keep their default action
+//     and stop the process. The runtime discards the other signals of this
+//     package.
 //   - execve resets a caught signal to its default action, so a program
 //     that the process starts inherits default dispositions, as with
 //     os/signal. The handler blocks no signal outside its own run, so the
 //     signal mask of a started program is the forking thread's.
+//
+// NOTE: between fork and execve, a child of syscall.ForkExec shares the
+// parent's memory (CLONE_VM) and resets only the handlers that the runtime
+// installed. For SIGTSTP, SIGTTIN, SIGTTOU, and for SIGHUP and SIGINT when
+// the process started with them ignored, the child keeps this package's
+// handler, so such a signal sent to the child in that window reaches the
+// parent's channels. os/signal resets these handlers in the child.
 //
 // As with os/signal, signals of the same number that arrive before the
 // reading goroutine has run are delivered once, and a channel that is full
@@ -37,6 +46,7 @@ package sigwake
 
 import (
 	"fmt"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -62,9 +72,13 @@ var supported = map[unix.Signal]bool{
 	unix.SIGPWR:   true,
 }
 
-// checkSignals returns an error for the first signal in sigs that Notify
-// does not handle.
-func checkSignals(sigs []unix.Signal) error {
+// checkArgs returns an error for a nil ch, an empty sigs and the first
+// signal in sigs that Notify does not handle. os/signal.Notify panics on a
+// nil channel, so the check runs on every architecture.
+func checkArgs(ch chan<- os.Signal, sigs []unix.Signal) error {
+	if ch == nil {
+		return fmt.Errorf("sigwake.Notify needs a channel, got nil")
+	}
 	if len(sigs) == 0 {
 		return fmt.Errorf("sigwake.Notify needs at least one signal: it does not catch every signal as os/signal.Notify does")
 	}

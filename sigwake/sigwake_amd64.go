@@ -62,10 +62,7 @@ var registry struct {
 // fails. Once Notify has returned, a signal of sigs that arrives is sent
 // to ch, even when another goroutine is still receiving an earlier one.
 func Notify(ch chan<- os.Signal, sigs ...unix.Signal) error {
-	if ch == nil {
-		return fmt.Errorf("sigwake.Notify needs a channel, got nil")
-	}
-	if err := checkSignals(sigs); err != nil {
+	if err := checkArgs(ch, sigs); err != nil {
 		return err
 	}
 	registry.mu.Lock()

@@ -12,7 +12,7 @@ import (
 // Notify makes the process send sigs to ch through os/signal, because only
 // amd64 has the assembly handler. It accepts the same signals as on amd64.
 func Notify(ch chan<- os.Signal, sigs ...unix.Signal) error {
-	if err := checkSignals(sigs); err != nil {
+	if err := checkArgs(ch, sigs); err != nil {
 		return err
 	}
 	for _, sig := range sigs {

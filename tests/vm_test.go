@@ -185,6 +185,32 @@ func TestVMPid1SurvivesFatalSignals(t *testing.T) {
 
 	// With no vassal file in the archive, no emperor requests SIGHUP.
 	result := bootVM(t, kernel, initrd, vmBootTimeout, "fief.exec=/signals.sh")
+	requirePid1SurvivedFatalSignals(t, result)
+}
+
+// TestVMPid1SurvivesFatalSignalsAfterEmperorFailure runs the command after
+// the emperor has failed before its first scan, so the emperor's first-scan
+// callback never runs. The kernel's sysctl parameter leaves the emperor no
+// inotify instance.
+func TestVMPid1SurvivesFatalSignalsAfterEmperorFailure(t *testing.T) {
+	kernel := requireVM(t)
+	dir := t.TempDir()
+	command := writeTestFile(t, dir, "signals.sh", fatalSignalsCommand, 0o755)
+	vassalFile := writeTestFile(t, dir, "sleeper.ini", "[uwsgi]\nexec = /bin/busybox sleep 600\n", 0o644)
+	initrd := fiefVMArchive(t, kernel, dir, "--add", command+":/signals.sh", "--vassal", vassalFile)
+
+	result := bootVM(t, kernel, initrd, vmBootTimeout, "sysctl.fs.inotify.max_user_instances=0", "fief.exec=/signals.sh")
+	if !strings.Contains(result.console, "emperor failed") || !strings.Contains(result.console, "inotify") {
+		t.Errorf("expected fief init to log that the emperor failed to create its inotify instance\n%s", result.describe())
+	}
+	requirePid1SurvivedFatalSignals(t, result)
+}
+
+// requirePid1SurvivedFatalSignals checks the console of a VM that ran
+// fatalSignalsCommand: the command finished, and fief init logged each
+// signal that it ignored.
+func requirePid1SurvivedFatalSignals(t *testing.T, result vmResult) {
+	t.Helper()
 	requireCleanExit(t, result, 7)
 	if !result.hasLine("check: pid 1 is still running") {
 		t.Errorf("expected the command's line %q on the console\n%s", "check: pid 1 is still running", result.describe())

@@ -101,7 +101,7 @@ type SpawnOptions struct {
 	// LogFormat is "text" or "json"; LogLevel "debug", "info", "warn" or
 	// "error".
 	LogFormat, LogLevel string
-	// Stdin is the init's standard input. When nil, exec.Cmd opens
+	// Stdin is the init's standard input. When nil, reaper.Start opens
 	// /dev/null.
 	Stdin *os.File
 	// Stdout and Stderr receive the init's log and the program's output.
@@ -157,7 +157,6 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 		Args:       args,
 		Env:        env,
 		Dir:        filepath.Dir(abs),
-		Stdin:      opts.Stdin,
 		Stdout:     opts.Stdout,
 		Stderr:     opts.Stderr,
 		ExtraFiles: extra,
@@ -172,6 +171,12 @@ func InitCommand(path string, opts SpawnOptions) (*exec.Cmd, error) {
 			// thread in the emperor.
 			Pdeathsig: unix.SIGKILL,
 		},
+	}
+	if opts.Stdin != nil {
+		// Assigned unconditionally, a nil *os.File would make cmd.Stdin a
+		// non-nil io.Reader, and the child would start with descriptor 0
+		// closed instead of on /dev/null.
+		cmd.Stdin = opts.Stdin
 	}
 	return cmd, nil
 }

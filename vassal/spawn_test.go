@@ -1,6 +1,7 @@
 package vassal
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -51,5 +52,32 @@ func TestCloneNamesSorted(t *testing.T) {
 	}
 	if len(names) != 9 {
 		t.Errorf("expected 9 namespace names, got %d: %q", len(names), names)
+	}
+}
+
+func TestInitCommandNilStdin(t *testing.T) {
+	cmd, err := InitCommand("app.ini", SpawnOptions{Stdout: os.Stdout, Stderr: os.Stderr})
+	if err != nil {
+		t.Fatalf("InitCommand: %v", err)
+	}
+	// A nil *os.File stored in cmd.Stdin is a non-nil io.Reader, and the
+	// child would start with descriptor 0 closed.
+	if cmd.Stdin != nil {
+		t.Errorf("cmd.Stdin = %#v, expected a nil io.Reader so that the init's standard input is /dev/null", cmd.Stdin)
+	}
+}
+
+func TestInitCommandStdin(t *testing.T) {
+	stdin, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	cmd, err := InitCommand("app.ini", SpawnOptions{Stdin: stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+	if err != nil {
+		t.Fatalf("InitCommand: %v", err)
+	}
+	if cmd.Stdin != stdin {
+		t.Errorf("cmd.Stdin = %#v, expected the file given as SpawnOptions.Stdin", cmd.Stdin)
 	}
 }
