@@ -60,9 +60,24 @@ func NewProber(uid, gid uint32) (*Prober, error) {
 }
 
 func (p *Prober) loop(uid, gid uint32, started chan<- error) {
-	// The goroutine never unlocks, so when it ends the runtime ends the
-	// thread with its changed ids instead of reusing it.
+	// The probing goroutine never unlocks, so when it ends the runtime ends
+	// the thread with its changed ids instead of reusing it.
 	runtime.LockOSThread()
+
+	// The kernel clears a thread's parent-death signal when the thread
+	// changes its credentials. A vassal init has its parent-death signal on
+	// its main thread, the one that called execve, so a probe thread with
+	// other ids must not be the main thread, or the init outlives a killed
+	// parent. While this goroutine holds the main thread, a new goroutine
+	// runs on another thread.
+	if (uid != 0 || gid != 0) && unix.Gettid() == unix.Getpid() {
+		moved := make(chan error, 1)
+		go p.loop(uid, gid, moved)
+		err := <-moved
+		runtime.UnlockOSThread()
+		started <- err
+		return
+	}
 
 	if uid != 0 || gid != 0 {
 		if _, _, errno := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(gid), uintptr(gid), uintptr(gid)); errno != 0 {
