@@ -3,9 +3,10 @@ package initd
 import (
 	"fmt"
 	"log/slog"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"fief/rawsig"
 )
 
 // forwardHandler is the signal handler of forward_amd64.s. It runs on the
@@ -13,32 +14,13 @@ import (
 // changes fwdState by compare-and-swap and makes at most one system call.
 func forwardHandler()
 
-// forwardRestorer returns from forwardHandler with rt_sigreturn.
-func forwardRestorer()
-
-// forwardAddrs returns the entry points of forwardHandler and
-// forwardRestorer.
-func forwardAddrs() (handler, restorer uintptr)
-
-// kernelSigaction is struct sigaction as the rt_sigaction system call
-// takes it on amd64.
-type kernelSigaction struct {
-	handler  uintptr
-	flags    uint64
-	restorer uintptr
-	mask     uint64
-}
-
-const (
-	saRestorer = 0x04000000
-	saOnStack  = 0x08000000
-	saRestart  = 0x10000000
-)
+// forwardAddr returns the entry point of forwardHandler.
+func forwardAddr() uintptr
 
 // savedActions contains the Go runtime's handlers that installHandlers
 // replaced, so that restoreHandlers can put them back when installHandlers
 // fails part way.
-var savedActions map[unix.Signal]kernelSigaction
+var savedActions map[unix.Signal]rawsig.Action
 
 // installHandlers makes forwardHandler the handler of signals with
 // rt_sigaction, bypassing the Go runtime. The runtime still records its own
@@ -49,17 +31,14 @@ var savedActions map[unix.Signal]kernelSigaction
 // so a failed send goes unreported.
 func installHandlers(_ *slog.Logger, signals []unix.Signal) error {
 	if savedActions == nil {
-		savedActions = make(map[unix.Signal]kernelSigaction, len(signals))
+		savedActions = make(map[unix.Signal]rawsig.Action, len(signals))
 	}
-	handler, restorer := forwardAddrs()
-	act := kernelSigaction{handler: handler, flags: saRestorer | saOnStack | saRestart, restorer: restorer}
+	act := rawsig.HandlerAction(forwardAddr())
 	for _, sig := range signals {
-		var old kernelSigaction
-		_, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig),
-			uintptr(unsafe.Pointer(&act)), uintptr(unsafe.Pointer(&old)), unsafe.Sizeof(act.mask), 0, 0)
-		if errno != 0 {
+		old, err := rawsig.Swap(sig, act)
+		if err != nil {
 			restoreHandlers()
-			return fmt.Errorf("installing the forwarding handler of %s: %w", unix.SignalName(sig), errno)
+			return fmt.Errorf("installing the forwarding handler: %w", err)
 		}
 		if _, ok := savedActions[sig]; !ok {
 			savedActions[sig] = old
@@ -71,7 +50,7 @@ func installHandlers(_ *slog.Logger, signals []unix.Signal) error {
 // restoreHandlers puts back the handlers that installHandlers replaced.
 func restoreHandlers() {
 	for sig, old := range savedActions {
-		unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&old)), 0, unsafe.Sizeof(old.mask), 0, 0)
+		_, _ = rawsig.Swap(sig, old)
 		delete(savedActions, sig)
 	}
 }

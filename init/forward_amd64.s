@@ -3,7 +3,7 @@
 // func forwardHandler()
 //
 // A signal handler as the kernel calls it: DI contains the signal number,
-// and the return address on the stack is forwardRestorer. Every register
+// and the return address on the stack is rawsig's restorer. Every register
 // may be changed, because rt_sigreturn restores them all. Before the
 // command starts, the handler keeps the signal as pending in bit SIGNO of
 // fwdState. Once fwdReady is set, it sends the signal to the command. Once
@@ -56,16 +56,8 @@ bypid:
 done:
 	RET
 
-// func forwardRestorer()
-TEXT ·forwardRestorer(SB),NOSPLIT|NOFRAME,$0-0
-	MOVQ	$15, AX // rt_sigreturn
-	SYSCALL
-	INT	$3
-
-// func forwardAddrs() (handler, restorer uintptr)
-TEXT ·forwardAddrs(SB),NOSPLIT,$0-16
+// func forwardAddr() uintptr
+TEXT ·forwardAddr(SB),NOSPLIT,$0-8
 	MOVQ	$·forwardHandler(SB), AX
-	MOVQ	AX, handler+0(FP)
-	MOVQ	$·forwardRestorer(SB), AX
-	MOVQ	AX, restorer+8(FP)
+	MOVQ	AX, ret+0(FP)
 	RET

@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"fief/rawsig"
 )
 
 // waiterCode is the waiter program of waiter_amd64.s. This process never
@@ -266,21 +268,19 @@ func quietSignals() []unix.Signal {
 // SIG_IGN, and returns the function that puts their handlers back. Signals
 // at SIG_DFL or SIG_IGN keep it, as they would across execve.
 func ignoreQuietSignals() (restore func()) {
-	const sigDfl, sigIgn = 0, 1
-	ignore := kernelSigaction{handler: sigIgn}
+	ignore := rawsig.Action{Handler: rawsig.Ignore}
 	sigs := quietSignals()
-	saved := make([]kernelSigaction, len(sigs))
+	saved := make([]rawsig.Action, len(sigs))
 	for i, sig := range sigs {
-		unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&ignore)),
-			uintptr(unsafe.Pointer(&saved[i])), unsafe.Sizeof(ignore.mask), 0, 0)
-		if saved[i].handler == sigDfl {
-			unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&saved[i])), 0, unsafe.Sizeof(ignore.mask), 0, 0)
+		saved[i], _ = rawsig.Swap(sig, ignore)
+		if saved[i].Handler == rawsig.Default {
+			_, _ = rawsig.Swap(sig, saved[i])
 		}
 	}
 
 	return func() {
 		for i, sig := range sigs {
-			unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&saved[i])), 0, unsafe.Sizeof(ignore.mask), 0, 0)
+			_, _ = rawsig.Swap(sig, saved[i])
 		}
 	}
 }

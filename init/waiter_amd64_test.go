@@ -6,9 +6,10 @@ import (
 	"encoding/binary"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"fief/rawsig"
 )
 
 func TestWaiterImage(t *testing.T) {
@@ -119,12 +120,11 @@ func TestWaiterImageRequiresStatusPlaceholder(t *testing.T) {
 }
 
 // sigactionOf returns the current action of sig without changing it.
-func sigactionOf(t *testing.T, sig unix.Signal) kernelSigaction {
+func sigactionOf(t *testing.T, sig unix.Signal) rawsig.Action {
 	t.Helper()
-	var act kernelSigaction
-	_, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), 0, uintptr(unsafe.Pointer(&act)), unsafe.Sizeof(act.mask), 0, 0)
-	if errno != 0 {
-		t.Fatalf("reading the action of signal %d: %v", sig, errno)
+	act, err := rawsig.Get(sig)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return act
 }
@@ -133,19 +133,19 @@ func sigactionOf(t *testing.T, sig unix.Signal) kernelSigaction {
 // and ignores, and leave those at SIG_DFL or SIG_IGN as they are, such as
 // signals 32 and 34 in a program built without cgo.
 func TestIgnoreQuietSignalsOnlyCaught(t *testing.T) {
-	before := make(map[unix.Signal]kernelSigaction)
+	before := make(map[unix.Signal]rawsig.Action)
 	for _, sig := range quietSignals() {
 		before[sig] = sigactionOf(t, sig)
 	}
 
 	restore := ignoreQuietSignals()
 	for _, sig := range quietSignals() {
-		want := before[sig].handler
+		want := before[sig].Handler
 		if want > 1 {
 			want = 1 // SIG_IGN
 		}
-		if got := sigactionOf(t, sig).handler; got != want {
-			t.Errorf("signal %d: handler %#x after ignoreQuietSignals, expected %#x (was %#x)", sig, got, want, before[sig].handler)
+		if got := sigactionOf(t, sig).Handler; got != want {
+			t.Errorf("signal %d: handler %#x after ignoreQuietSignals, expected %#x (was %#x)", sig, got, want, before[sig].Handler)
 		}
 	}
 

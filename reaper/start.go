@@ -17,7 +17,8 @@ import (
 // Child is a process started through [Reaper.Start].
 type Child struct {
 	Pid int
-	// Done receives the child's status exactly once, then is never closed.
+	// Done receives the child's status once, when the reaper reaps the
+	// child. The reaper never closes it.
 	Done <-chan Status
 
 	handle *handle

@@ -6,9 +6,10 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"fief/rawsig"
 )
 
 // wakeHandler is the signal handler of sigwake_amd64.s. It runs on the
@@ -16,11 +17,8 @@ import (
 // LOCK OR and writes wakeByte to wakeFD, its only system call.
 func wakeHandler()
 
-// wakeRestorer returns from wakeHandler with rt_sigreturn.
-func wakeRestorer()
-
-// handlerAddrs returns the entry points of wakeHandler and wakeRestorer.
-func handlerAddrs() (handler, restorer uintptr)
+// handlerAddr returns the entry point of wakeHandler.
+func handlerAddr() uintptr
 
 // The state shared with wakeHandler. Bit N of pending is set when signal N
 // has arrived since the reading goroutine last swapped pending to zero.
@@ -30,21 +28,6 @@ var (
 	pending  uint64
 	wakeFD   int32 = -1
 	wakeByte byte  = 'w'
-)
-
-// kernelSigaction is struct sigaction as the rt_sigaction system call
-// takes it on amd64.
-type kernelSigaction struct {
-	handler  uintptr
-	flags    uint64
-	restorer uintptr
-	mask     uint64
-}
-
-const (
-	saRestorer = 0x04000000
-	saOnStack  = 0x08000000
-	saRestart  = 0x10000000
 )
 
 // registry contains the channels of each signal. mu guards all fields.
@@ -97,8 +80,8 @@ func startReader() error {
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
 		return fmt.Errorf("creating the signal wake pipe: %w", err)
 	}
-	// os.NewFile sees the non-blocking descriptor and reads it through the
-	// runtime's poller.
+	// os.NewFile registers a non-blocking descriptor with the runtime's
+	// poller, so reads of the pipe park the goroutine instead of a thread.
 	registry.wake = os.NewFile(uintptr(fds[0]), "sigwake")
 	atomic.StoreInt32(&wakeFD, int32(fds[1]))
 	go readWakes(registry.wake)
@@ -111,12 +94,8 @@ func startReader() error {
 // system calls restart (SA_RESTART) and the handler runs on the thread's
 // signal stack (SA_ONSTACK).
 func installHandler(sig unix.Signal) error {
-	handler, restorer := handlerAddrs()
-	act := kernelSigaction{handler: handler, flags: saRestorer | saOnStack | saRestart, restorer: restorer}
-	_, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig),
-		uintptr(unsafe.Pointer(&act)), 0, unsafe.Sizeof(act.mask), 0, 0)
-	if errno != 0 {
-		return fmt.Errorf("installing the signal handler of %s: %w", unix.SignalName(sig), errno)
+	if _, err := rawsig.Swap(sig, rawsig.HandlerAction(handlerAddr())); err != nil {
+		return fmt.Errorf("installing the signal handler: %w", err)
 	}
 	return nil
 }

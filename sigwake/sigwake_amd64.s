@@ -3,7 +3,7 @@
 // func wakeHandler()
 //
 // A signal handler as the kernel calls it: DI contains the signal number,
-// and the return address on the stack is wakeRestorer. Every register may
+// and the return address on the stack is rawsig's restorer. Every register may
 // be changed, because rt_sigreturn restores them all, and Go code has no
 // errno to preserve. The handler sets bit DI of pending, then writes one
 // byte to wakeFD. The pipe is non-blocking, and a failed write (EAGAIN on
@@ -23,16 +23,8 @@ TEXT ·wakeHandler(SB),NOSPLIT|NOFRAME,$0-0
 	SYSCALL
 	RET
 
-// func wakeRestorer()
-TEXT ·wakeRestorer(SB),NOSPLIT|NOFRAME,$0-0
-	MOVQ	$15, AX	// SYS_rt_sigreturn
-	SYSCALL
-	INT	$3
-
-// func handlerAddrs() (handler, restorer uintptr)
-TEXT ·handlerAddrs(SB),NOSPLIT,$0-16
+// func handlerAddr() uintptr
+TEXT ·handlerAddr(SB),NOSPLIT,$0-8
 	MOVQ	$·wakeHandler(SB), AX
-	MOVQ	AX, handler+0(FP)
-	MOVQ	$·wakeRestorer(SB), AX
-	MOVQ	AX, restorer+8(FP)
+	MOVQ	AX, ret+0(FP)
 	RET

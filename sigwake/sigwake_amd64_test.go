@@ -7,9 +7,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"fief/rawsig"
 )
 
 // unregisterForTest removes ch from the channels of sigs. The handler stays
@@ -29,21 +30,19 @@ func TestNotifyInstallsRawHandler(t *testing.T) {
 	}
 	defer unregisterForTest(ch, unix.SIGUSR2)
 
-	var current kernelSigaction
-	_, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(unix.SIGUSR2), 0,
-		uintptr(unsafe.Pointer(&current)), unsafe.Sizeof(current.mask), 0, 0)
-	if errno != 0 {
-		t.Fatalf("reading the handler of SIGUSR2: %v", errno)
+	current, err := rawsig.Get(unix.SIGUSR2)
+	if err != nil {
+		t.Fatal(err)
 	}
-	handler, restorer := handlerAddrs()
-	if current.handler != handler || current.restorer != restorer {
-		t.Errorf("SIGUSR2 has handler %#x and restorer %#x, expected wakeHandler %#x and wakeRestorer %#x", current.handler, current.restorer, handler, restorer)
+	want := rawsig.HandlerAction(handlerAddr())
+	if current.Handler != want.Handler || current.Restorer != want.Restorer {
+		t.Errorf("SIGUSR2 has handler %#x and restorer %#x, expected wakeHandler %#x and rawsig's restorer %#x", current.Handler, current.Restorer, want.Handler, want.Restorer)
 	}
-	if want := uint64(saRestorer | saOnStack | saRestart); current.flags&want != want {
-		t.Errorf("SIGUSR2 has flags %#x, expected SA_RESTORER|SA_ONSTACK|SA_RESTART (%#x)", current.flags, want)
+	if current.Flags&want.Flags != want.Flags {
+		t.Errorf("SIGUSR2 has flags %#x, expected SA_RESTORER|SA_ONSTACK|SA_RESTART (%#x)", current.Flags, want.Flags)
 	}
-	if current.mask != 0 {
-		t.Errorf("SIGUSR2's handler blocks signals %#x while it runs, expected none besides SIGUSR2 itself", current.mask)
+	if current.Mask != 0 {
+		t.Errorf("SIGUSR2's handler blocks signals %#x while it runs, expected none besides SIGUSR2 itself", current.Mask)
 	}
 }
 
