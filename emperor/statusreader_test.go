@@ -57,13 +57,21 @@ func waitForgotten(t *testing.T, reader *statusReader) {
 	t.Fatal("expected the reader to close the stream within 5 s of the write end's close")
 }
 
-func TestStatusReaderSplitLines(t *testing.T) {
+// startedTestReader returns a started status reader that the test closes
+// when it ends.
+func startedTestReader(t *testing.T) *statusReader {
+	t.Helper()
 	reader, err := newStatusReader(slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("newStatusReader: %v", err)
 	}
 	reader.start()
-	defer reader.close()
+	t.Cleanup(reader.close)
+	return reader
+}
+
+func TestStatusReaderSplitLines(t *testing.T) {
+	reader := startedTestReader(t)
 	s := newTestSupervisor(42, io.Discard)
 	write := startTestStream(t, reader, s, 42)
 
@@ -144,12 +152,7 @@ func TestStatusReaderCloseWithoutStart(t *testing.T) {
 }
 
 func TestStatusReaderDropsLongLine(t *testing.T) {
-	reader, err := newStatusReader(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatalf("newStatusReader: %v", err)
-	}
-	reader.start()
-	defer reader.close()
+	reader := startedTestReader(t)
 	var logs lockedBuffer
 	s := newTestSupervisor(7, &logs)
 	write := startTestStream(t, reader, s, 7)
